@@ -1,0 +1,148 @@
+"""Typed run configuration: one plain, JSON-serialisable description of a training run.
+
+The engine never sees Hydra or OmegaConf objects: the tuner turns its composed config into these
+dataclasses once, and ``python -m engine run.json`` rebuilds them from JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+MLP_TYPES = ("gelu", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+
+
+class ConfigError(ValueError):
+    """A setting a user can fix; the message names the key, the value and what is valid."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the GPT-style decoder (architecture only; parallelism is applied from outside)."""
+
+    name: str = "tiny"  # preset name, for reports only
+    n_layers: int = 4  # >= 4 so pipeline stages x virtual stages fit on the tiny preset
+    n_heads: int = 4  # divisible by 4 so tp in {1, 2, 4} divides the heads
+    d_model: int = 128
+    d_ff: int = 512  # MLP width; 4 * d_model in GPT-2, ~8/3 * d_model with SwiGLU
+    vocab_size: int = 256
+    seq_len: int = 64  # training context length; also the size of learned position tables
+    mlp: str = "gelu"  # gelu (GPT-2) | swiglu (llama-like)
+    norm: str = "layernorm"  # layernorm (GPT-2) | rmsnorm (llama-like)
+    position: str = "learned"  # learned absolute embeddings (GPT-2) | rope (llama-like)
+    bias: bool = True  # Linear/LayerNorm biases (GPT-2 has them, llama does not)
+    norm_eps: float = 1e-5
+    init_std: float = 0.02  # GPT-2 initialisation
+
+
+@dataclass
+class ParallelConfig:
+    """Degrees of parallelism; world size = dp * tp * pp."""
+
+    dp: int = 1  # data-parallel degree
+    tp: int = 1  # tensor-parallel degree
+    pp: int = 1  # pipeline-parallel degree
+    zero: int = 0  # ZeRO stage on the data-parallel dimension (0 = plain DDP)
+    ddp_bucket_mb: float = 25.0  # DDP gradient bucket size (PyTorch's default)
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp
+
+
+@dataclass
+class TrainConfig:
+    """What one run trains and measures."""
+
+    micro_batch: int = 4  # sequences per forward/backward on one data-parallel rank
+    global_batch: int = 8  # sequences per optimizer step, over all data-parallel ranks
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + dynamic loss scaling)
+    steps: int = 8  # optimizer steps in total, warmup included
+    warmup_steps: int = 2  # steps excluded from timing and communication statistics
+    seed: int = 0  # seeds both the initial weights and the synthetic data
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 0.0  # max global gradient norm (0 = no clipping; the norm is still reported)
+
+    @property
+    def measured_steps(self) -> int:
+        return self.steps - self.warmup_steps
+
+
+@dataclass
+class MeasureConfig:
+    """Which steps are measured, and how."""
+
+    profile_steps: int = 2  # last measured steps run under the profiler (communication figures);
+    # they are left out of the throughput statistics, since profiling slows a step down
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection, so that failure handling can be tested on real runs."""
+
+    fail_at_step: int = -1  # raise an error on this step (-1: never)
+    nan_at_step: int = -1  # make this step's loss NaN (-1: never)
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = look up (GPU) or measure (CPU)
+    out: str = ""  # where rank 0 writes the result JSON ("" = do not write)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _build(cls, data, prefix="")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _build(cls: type, data: dict[str, Any], *, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a dict, refusing unknown keys (a silent typo is a bug)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping, got {data!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {[prefix + k for k in unknown]}; valid keys: "
+            f"{[prefix + k for k in fields]}."
+        )
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if _has_default(fields[name]) else None
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING

@@ -1,0 +1,81 @@
+"""Process-group set-up from torchrun-style environment variables, as one explicit object."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from engine.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Who this process is. ``initialized`` is False for a single process without a launcher."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+    initialized: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _resolve_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("`device` is 'cuda', but no CUDA device is available; valid: cpu.")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def cpu_threads(local_world_size: int) -> int:
+    """Share the cores this process may use among the ranks on this machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, local_world_size))
+
+
+def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, if any."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    rank = int(env.get("RANK", "0"))
+    local_rank = int(env.get("LOCAL_RANK", str(rank)))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    if world != cfg.parallel.world_size:
+        raise ConfigError(
+            f"the launcher started {world} process(es), but parallel.dp * parallel.tp * "
+            f"parallel.pp = {cfg.parallel.world_size}; start that many ranks."
+        )
+    device = _resolve_device(cfg.device, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(cpu_threads(local_world))
+    initialized = "MASTER_ADDR" in env
+    if initialized:
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistContext(rank, world, local_rank, local_world, device, backend, initialized)
+
+
+def close(ctx: DistContext) -> None:
+    if ctx.initialized and dist.is_initialized():
+        dist.destroy_process_group()

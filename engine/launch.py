@@ -1,0 +1,156 @@
+"""Starts N ranks as separate processes on this machine (torchrun-style, single node).
+
+Rendezvous is on 127.0.0.1 at a free port; each rank runs in its own process session so that a
+timeout or a failed peer ends every process it started. A port taken between choosing and
+binding it is retried with another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.dist import cpu_threads
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+# after one rank fails, give the others this long to notice and exit by themselves
+FAILURE_GRACE_S = 5.0
+_PORT_IN_USE = ("address already in use", "eaddrinuse")
+
+
+@dataclass
+class LaunchResult:
+    returncodes: list[int | None]  # None: killed by the launcher after a timeout or failure
+    timed_out: bool
+    wall_s: float
+    log_paths: list[Path]
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and all(rc == 0 for rc in self.returncodes)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def rank_env(
+    *, rank: int, nproc: int, port: int, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update(
+        MASTER_ADDR=LOOPBACK,
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(nproc),
+        # keep gloo and NCCL on the loopback interface: a single-node run talks to itself only
+        GLOO_SOCKET_IFNAME="lo",
+        NCCL_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS=str(cpu_threads(nproc)),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """End the rank's whole process session: SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _start(
+    cmd: Sequence[str], nproc: int, port: int, log_dir: Path
+) -> list[tuple[subprocess.Popen, Path]]:
+    procs = []
+    for rank in range(nproc):
+        path = log_dir / f"rank{rank}.log"
+        with path.open("w") as out:
+            proc = subprocess.Popen(
+                list(cmd),
+                env=rank_env(rank=rank, nproc=nproc, port=port),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        procs.append((proc, path))
+    return procs
+
+
+def _supervise(
+    procs: list[tuple[subprocess.Popen, Path]], timeout_s: float
+) -> tuple[list[int | None], bool]:
+    start = time.monotonic()
+    failed_at: float | None = None
+    try:
+        while True:
+            codes = [p.poll() for p, _ in procs]
+            if all(c is not None for c in codes):
+                return codes, False
+            now = time.monotonic()
+            if failed_at is None and any(c not in (None, 0) for c in codes):
+                failed_at = now
+            if now - start > timeout_s or (failed_at and now - failed_at > FAILURE_GRACE_S):
+                for p, _ in procs:
+                    _kill(p)
+                return [
+                    p.returncode if c is not None else None for (p, _), c in zip(procs, codes)
+                ], (now - start > timeout_s)
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C or an error in the launcher: leave nothing running
+        for p, _ in procs:
+            _kill(p)
+        raise
+
+
+def _port_clash(paths: list[Path]) -> bool:
+    for path in paths:
+        text = path.read_text(errors="replace").lower()
+        if any(marker in text for marker in _PORT_IN_USE):
+            return True
+    return False
+
+
+def launch(
+    cmd: Sequence[str], *, nproc: int, log_dir: str | Path, timeout_s: float, attempts: int = 3
+) -> LaunchResult:
+    """Run ``cmd`` as ``nproc`` ranks; logs go to ``log_dir/rank<i>.log``."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    for attempt in range(attempts):
+        procs = _start(cmd, nproc, free_port(), log_dir)
+        codes, timed_out = _supervise(procs, timeout_s - (time.monotonic() - t0))
+        paths = [path for _, path in procs]
+        if timed_out or all(c == 0 for c in codes) or not _port_clash(paths):
+            break
+        log.warning("rendezvous port was taken; retrying (%d/%d)", attempt + 2, attempts)
+    return LaunchResult(codes, timed_out, time.monotonic() - t0, paths)
+
+
+def engine_command(config_path: str | Path) -> list[str]:
+    return [sys.executable, "-m", "engine", str(config_path)]

@@ -1,0 +1,1 @@
+"""Measurements taken inside a run: timing, communication, memory, FLOPs."""

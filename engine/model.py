@@ -1,0 +1,164 @@
+"""GPT-style decoder: architecture only, no parallel code (parallelism wraps it from outside).
+
+GPT-2 shape by default (LayerNorm, GELU MLP, learned positions, biases); the llama-like presets
+switch to RMSNorm, SwiGLU and rotary positions. The output head is not tied to the token
+embedding, so pipeline stages can own them separately.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Rotation angles (T, hs/2) of RoFormer (Su et al. 2021)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    return torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    # x: (B, nh, T, hs); rotate consecutive pairs of channels by position-dependent angles
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = angles.cos(), angles.sin()  # (T, hs/2)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.head_dim = cfg.d_model // cfg.n_heads
+        # separate q/k/v projections so tensor parallelism can shard each column-wise
+        self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        # view(B, T, -1, hs) rather than n_heads: under TP a rank holds only its share of heads
+        q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.wk(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, rope[:T]), apply_rope(k, rope[:T])
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias) if self.swiglu else None
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    """Token ids (B, T) -> logits (B, T, vocab).
+
+    Layers live in a ModuleDict keyed by their global index, so a pipeline stage can delete the
+    layers it does not own and keep the names (and checkpoints) of the rest; ``tok_emb``,
+    ``norm`` and ``head`` may be set to None on stages that do not hold them.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.position == "learned" else None
+        self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.n_layers)})
+        self.norm = make_norm(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.position == "rope":
+            self.register_buffer(
+                "rope", rope_tables(cfg.seq_len, cfg.d_model // cfg.n_heads), persistent=False
+            )
+        else:
+            self.rope = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:  # norm weights are 1, biases 0
+                p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+            elif name.endswith(("wo.weight", "down.weight")):
+                p.normal_(0.0, std / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                p.normal_(0.0, std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(tokens) if self.tok_emb is not None else tokens  # (B, T, C)
+        if self.pos_emb is not None and self.tok_emb is not None:
+            x = x + self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
+        for layer in self.layers.values():
+            x = layer(x, self.rope)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.head(x) if self.head is not None else x  # (B, T, vocab)
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """Analytic parameter counts, independent of the module code (checked against it in tests).
+
+    ``embedding`` (token and position tables) does no matmul work, so MFU's N excludes it.
+    """
+    d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
+    b = 1 if cfg.bias else 0
+    norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    attn = 4 * (d * d + b * d)
+    n_mats = 3 if cfg.mlp == "swiglu" else 2
+    mlp = (n_mats - 1) * (d * f + b * f) + (f * d + b * d)
+    embedding = cfg.vocab_size * d + (cfg.seq_len * d if cfg.position == "learned" else 0)
+    blocks = L * (2 * norm + attn + mlp)
+    head = cfg.vocab_size * d
+    total = embedding + blocks + norm + head
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}

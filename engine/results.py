@@ -1,0 +1,135 @@
+"""Turns every rank's records into the run's result: one JSON object, written atomically.
+
+Conventions: throughput counts the whole global batch; a step lasts as long as its slowest rank;
+communication figures are per step and per rank, averaged over ranks; memory is the maximum
+over ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import RunConfig
+from engine.metrics.flops import flops_per_token
+from engine.metrics.timing import Spread
+from engine.model import count_params
+from engine.train import RankRecord, profile_window
+
+SCHEMA_VERSION = 1
+
+
+def timed_steps(cfg: RunConfig) -> tuple[list[int], bool]:
+    """Steps whose times enter the throughput statistics, and whether the profiler ran in them."""
+    prof_start, _ = profile_window(cfg)
+    steps = list(range(cfg.train.warmup_steps, prof_start))
+    if steps:
+        return steps, False
+    return list(range(cfg.train.warmup_steps, cfg.train.steps)), True
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _comm_average(records: list[RankRecord]) -> dict[str, Any]:
+    per_rank = [r.comm for r in records if r.comm is not None]
+    if not per_rank:
+        return {"count": 0.0, "bytes": 0.0, "time_s": 0.0, "kinds": {}}
+    kinds = sorted({k for c in per_rank for k in c["kinds"]})
+    zero = {"count": 0.0, "bytes": 0.0, "time_s": 0.0}
+    return {
+        "count": _mean([c["count"] for c in per_rank]),
+        "bytes": _mean([c["bytes"] for c in per_rank]),
+        "time_s": _mean([c["time_s"] for c in per_rank]),
+        "kinds": {
+            k: {f: _mean([c["kinds"].get(k, zero)[f] for c in per_rank]) for f in zero}
+            for k in kinds
+        },
+    }
+
+
+def build_result(
+    cfg: RunConfig, records: list[RankRecord], *, peak_flops: float, device: torch.device
+) -> dict[str, Any]:
+    """The run JSON (see README, "Run results") from the records of all ranks."""
+    records = sorted(records, key=lambda r: r.rank)
+    n_steps = min(len(r.losses) for r in records)
+    # data-parallel ranks hold equal shares of the global batch: the global mean is their mean
+    losses = [_mean([r.losses[s] for r in records]) for s in range(n_steps)]
+    step_times = [max(r.step_times_s[s] for r in records) for s in range(n_steps)]
+    diverged = [r.diverged_at for r in records if r.diverged_at is not None]
+    tokens_per_step = cfg.train.global_batch * cfg.model.seq_len
+    fpt = flops_per_token(cfg.model)
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "status": "nan" if diverged else "ok",
+        "losses": losses,
+        "grad_norms": [r for r in records[0].grad_norms[:n_steps]],
+        "skipped_steps": records[0].skipped_steps,
+        "loss_scale": records[0].loss_scale,
+        "n_params": count_params(cfg.model)["total"],
+        "flops_per_token": fpt,
+        "world_size": cfg.parallel.world_size,
+        "tokens_per_step": tokens_per_step,
+        "device": device.type,
+        "backend": "nccl" if device.type == "cuda" else "gloo",
+        "torch_version": torch.__version__,
+        "host": platform.node(),
+        "config": cfg.to_dict(),
+    }
+    if diverged:
+        result["error"] = f"loss diverged (NaN/inf) at step {min(diverged)}"
+        return result
+
+    steps, with_profiler = timed_steps(cfg)
+    time_spread = Spread.of([step_times[s] for s in steps])
+    tps = Spread.of([tokens_per_step / step_times[s] for s in steps])
+    comm = _comm_average(records)
+    peaks = [r.memory["peak_mem_bytes"] for r in records]
+    achieved = fpt * tps.median  # model FLOP/s over all ranks
+    result.update(
+        {
+            "tokens_per_s": tps.median,
+            "tokens_per_s_min": tps.min,
+            "tokens_per_s_max": tps.max,
+            "step_time_s": time_spread.median,
+            "step_time_s_min": time_spread.min,
+            "step_time_s_max": time_spread.max,
+            "step_times_s": step_times,
+            "timed_steps": steps,
+            "timing_includes_profiler": with_profiler,
+            "data_time_s": _mean([max(r.data_times_s[s] for r in records) for s in steps]),
+            "peak_mem_bytes": max(peaks),
+            "peak_mem_bytes_per_rank": peaks,
+            "mem_method": "cuda_allocator" if device.type == "cuda" else "vmhwm",
+            "comm_count": comm["count"],
+            "comm_bytes": comm["bytes"],
+            "comm_time_s": comm["time_s"],
+            "comm": comm["kinds"],
+            "comm_unknown_dtypes": sorted({d for r in records for d in r.unknown_comm_dtypes}),
+            "peak_flops_per_device": peak_flops,
+            "mfu": achieved / (peak_flops * cfg.parallel.world_size) if peak_flops else None,
+            "final_loss": losses[-1],
+        }
+    )
+    return result
+
+
+def record_to_dict(record: RankRecord) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
+    os.replace(tmp, path)

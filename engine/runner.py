@@ -1,0 +1,89 @@
+"""One rank's whole run: join the group, train, gather every rank's records, write the result."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+
+from engine import dist as edist
+from engine.config import RunConfig
+from engine.metrics.flops import cpu_peak, gpu_peak
+from engine.results import build_result, write_json_atomic
+from engine.train import RankRecord, train
+from engine.validate import validate
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_CONFIG = 2
+EXIT_DIVERGED = 3  # the run stopped because the loss became NaN/inf
+
+
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _peak_flops(cfg: RunConfig, ctx: edist.DistContext) -> float:
+    if cfg.peak_flops:
+        return cfg.peak_flops
+    if ctx.device.type == "cuda":
+        return gpu_peak(ctx.device, cfg.train.precision)
+    return cpu_peak(torch.get_num_threads(), cfg.train.precision)
+
+
+def _gather(record: RankRecord, ctx: edist.DistContext) -> list[RankRecord]:
+    if not ctx.initialized or ctx.world_size == 1:
+        return [record]
+    records: list[RankRecord | None] = [None] * ctx.world_size
+    dist.all_gather_object(records, record)
+    return [r for r in records if r is not None]
+
+
+def run(cfg: RunConfig) -> dict | None:
+    """Run this rank; rank 0 returns (and writes, if ``cfg.out``) the result, others None."""
+    validate(cfg)
+    ctx = edist.init(cfg)
+    try:
+        record = train(cfg, ctx)
+        records = _gather(record, ctx)
+        if not ctx.is_main:
+            return None
+        # measured (or looked up) after training, so it never competes with the run for cores
+        result = build_result(cfg, records, peak_flops=_peak_flops(cfg, ctx), device=ctx.device)
+        if cfg.out:
+            write_json_atomic(cfg.out, result)
+        return result
+    finally:
+        edist.close(ctx)
+
+
+def main_rank(cfg: RunConfig) -> int:
+    """Entry point of one launched rank; returns the process exit code."""
+    import os
+
+    setup_logging(int(os.environ.get("RANK", "0")))
+    try:
+        result = run(cfg)
+    except Exception:  # one line for the launcher's log reader, then the full traceback
+        log.error("run failed:\n%s", traceback.format_exc())
+        return EXIT_CRASH
+    if result is not None and result["status"] == "nan":
+        log.error("%s", result.get("error"))
+        return EXIT_DIVERGED
+    if result is not None:
+        log.info(
+            "tokens/s %.1f  step %.4fs  loss %.4f",
+            result["tokens_per_s"],
+            result["step_time_s"],
+            result["final_loss"],
+        )
+    return EXIT_OK

@@ -1,0 +1,410 @@
+"""Tests for tuner.report: the data step exactly, the figures and the page structurally."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import random
+import re
+import shlex
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.offline
+import pytest
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from tuner.report import (
+    METRIC_COLUMNS,
+    best_trial,
+    failure_table,
+    param_columns,
+    pareto_front,
+    reproduce_command,
+    summarize,
+    throughput_by_trial,
+    throughput_vs_memory,
+    trials_frame,
+    write_report,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+GIB = 2**30
+BASE = ["model=tiny", "train.global_batch=8", "train.steps=6"]
+DISTS = {
+    "parallel.dp": IntDistribution(1, 4),
+    "train.micro_batch": IntDistribution(1, 8),
+    "train.precision": CategoricalDistribution(["fp32", "bf16", "fp16"]),
+    "parallel.tp": IntDistribution(1, 2),
+}
+OOM_DETAIL = "RuntimeError: <CUDA> out of memory & more"
+
+
+def _add(
+    study: optuna.Study,
+    state: TrialState,
+    params: dict[str, Any],
+    *,
+    tps: float | None = None,
+    mem: int | None = None,
+    **attrs: Any,
+) -> None:
+    user_attrs = dict(attrs)
+    if tps is not None:
+        user_attrs["tokens_per_s"] = tps
+    if mem is not None:
+        user_attrs["peak_mem_bytes"] = mem
+    study.add_trial(
+        create_trial(
+            state=state,
+            values=[tps if tps is not None else 0.0] if state == TrialState.COMPLETE else None,
+            params=params,
+            distributions={k: DISTS[k] for k in params},
+            user_attrs=user_attrs,
+        )
+    )
+
+
+def _p(dp: int, mb: int, prec: str = "bf16", **extra: Any) -> dict[str, Any]:
+    return {
+        "parallel.dp": dp,
+        "train.micro_batch": mb,
+        "train.precision": prec,
+        **extra,
+    }
+
+
+@pytest.fixture
+def study() -> optuna.Study:
+    """Ten trials whose Pareto front (memory vs throughput) is trials 8, 1, 2 by construction."""
+    s = optuna.create_study(storage=None, direction="maximize", study_name="s")
+    s.set_user_attr("base_overrides", BASE)
+    s.set_user_attr("objectives", ["tokens_per_s"])
+    s.set_user_attr("sweep_name", "tiny <dp> sweep")
+    complete = TrialState.COMPLETE
+    # 0: dominated by 1 (more memory, less throughput).
+    _add(
+        s,
+        complete,
+        _p(1, 4),
+        tps=1000.0,
+        mem=4 * GIB,
+        tokens_per_s_min=950.0,
+        tokens_per_s_max=1030.0,
+        step_time_s=0.5,
+        mfu=0.21,
+        comm_bytes=0,
+        duration_s=12.5,
+        log_dir="/logs/0",
+    )
+    _add(
+        s,
+        complete,
+        _p(2, 4),
+        tps=1800.0,
+        mem=3 * GIB,
+        tokens_per_s_min=1700.0,
+        tokens_per_s_max=1850.0,
+        step_time_s=0.25,
+        comm_bytes=3 * 2**20,
+        comm_time_s=0.004,
+        comm_count=12,
+        mfu=0.375,
+        world_size=2,
+        log_dir="/logs/1",
+    )
+    _add(
+        s,
+        complete,
+        {**_p(2, 8), "parallel.tp": 2},
+        tps=2500.0,
+        mem=6 * GIB,
+        step_time_s=0.2,
+        mfu=0.5,
+        log_dir="/logs/2",
+    )
+    _add(
+        s,
+        TrialState.FAIL,
+        _p(1, 8, "fp32"),
+        fail_reason="oom",
+        fail_detail=OOM_DETAIL,
+        log_dir="/logs/3",
+    )
+    # 4: repeats trial 1; its reused values must not count twice.
+    _add(s, complete, _p(2, 4), tps=1800.0, mem=3 * GIB, duplicate_of=1)
+    # 5: equal to trial 1 in both coordinates; only the lower number stays on the front.
+    _add(s, complete, _p(4, 2, "fp16"), tps=1800.0, mem=3 * GIB)
+    _add(
+        s,
+        TrialState.PRUNED,
+        {"parallel.dp": 3},
+        fail_reason="infeasible",
+        fail_detail="dp=3 does not divide global_batch=8",
+        log_dir="/logs/6",
+    )
+    # 7: same throughput as trial 2 but more memory: dominated.
+    _add(s, complete, _p(4, 4), tps=2500.0, mem=7 * GIB)
+    _add(s, complete, _p(1, 1), tps=500.0, mem=1 * GIB)
+    # 9: completed but the memory probe failed: cannot be placed on the front.
+    _add(s, complete, _p(1, 2), tps=9000.0)
+    return s
+
+
+def _nums(df: pd.DataFrame) -> list[int]:
+    return [int(n) for n in df["number"]]
+
+
+def test_trials_frame_columns_and_values(study: optuna.Study) -> None:
+    df = trials_frame(study)
+    params = ["parallel.dp", "train.micro_batch", "train.precision", "parallel.tp"]
+    lead = ["number", "state", "fail_reason", "fail_detail", "duplicate_of"]
+    assert list(df.columns) == [
+        *lead,
+        *params,
+        *METRIC_COLUMNS,
+        "duration_s",
+        "log_dir",
+    ]
+    assert param_columns(df) == params
+    assert _nums(df) == list(range(10))
+    assert df["state"].tolist()[2:7] == [
+        "COMPLETE",
+        "FAIL",
+        "COMPLETE",
+        "COMPLETE",
+        "PRUNED",
+    ]
+    assert df.loc[3, "fail_reason"] == "oom" and df.loc[3, "fail_detail"] == OOM_DETAIL
+    assert df.loc[4, "duplicate_of"] == 1 and pd.isna(df.loc[1, "duplicate_of"])
+    assert df.loc[2, "parallel.tp"] == 2 and df["parallel.tp"].isna().sum() == 9
+    assert df.loc[6, "parallel.dp"] == 3 and pd.isna(df.loc[6, "train.micro_batch"])
+    assert df.loc[8, "peak_mem_bytes"] == GIB and pd.isna(df.loc[9, "peak_mem_bytes"])
+    assert df.loc[0, "mfu"] == pytest.approx(0.21) and df["final_loss"].isna().all()
+    assert df.loc[0, "duration_s"] == 12.5 and df.loc[3, "log_dir"] == "/logs/3"
+
+
+def test_pareto_front_fixture(study: optuna.Study) -> None:
+    front = pareto_front(trials_frame(study))
+    assert _nums(front) == [8, 1, 2]
+    assert front["peak_mem_bytes"].tolist() == [GIB, 3 * GIB, 6 * GIB]
+
+
+def _naive_front(points: list[tuple[int, float, float]]) -> set[int]:
+    """O(n^2) definition: not dominated, and no equal point with a lower number."""
+    kept = set()
+    for n, x, y in points:
+        dominated = any(
+            (qx <= x and qy >= y and (qx < x or qy > y)) or (qx == x and qy == y and m < n)
+            for m, qx, qy in points
+        )
+        if not dominated:
+            kept.add(n)
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pareto_front_matches_definition(seed: int) -> None:
+    rng = random.Random(seed)
+    # Small integer grids force many ties in x, in y, and in both.
+    points = [(n, float(rng.randint(1, 6)), float(rng.randint(1, 6))) for n in range(40)]
+    df = pd.DataFrame(
+        {
+            "number": [p[0] for p in points],
+            "state": ["COMPLETE"] * 40,
+            "duplicate_of": pd.array([None] * 40, dtype="Int64"),
+            "peak_mem_bytes": [p[1] for p in points],
+            "tokens_per_s": [p[2] for p in points],
+        }
+    )
+    front = pareto_front(df)
+    assert set(_nums(front)) == _naive_front(points)
+    assert front["peak_mem_bytes"].is_monotonic_increasing
+    assert front["tokens_per_s"].is_monotonic_increasing
+
+
+def test_pareto_front_other_axes_and_empty(study: optuna.Study) -> None:
+    df = trials_frame(study)
+    # Minimise step time, maximise MFU: trial 2 (0.2 s, 0.5) dominates 0 and 1.
+    assert _nums(pareto_front(df, x="step_time_s", y="mfu")) == [2]
+    assert pareto_front(df[df["state"] != "COMPLETE"]).empty
+
+
+def test_best_trial(study: optuna.Study) -> None:
+    df = trials_frame(study)
+    assert int(best_trial(df)["number"]) == 9
+    # Trials 2 and 7 tie on throughput once 9 is gone: the lower number wins.
+    assert int(best_trial(df[df["number"] != 9])["number"]) == 2
+    assert int(best_trial(df, metric="peak_mem_bytes", maximize=False)["number"]) == 8
+    assert best_trial(df[df["state"] == "FAIL"]) is None
+
+
+def test_reproduce_command(study: optuna.Study) -> None:
+    df = trials_frame(study)
+    params = param_columns(df)
+    cmd = reproduce_command(df.loc[2], params=params, base_overrides=BASE)
+    assert cmd == (
+        "python -m tuner run model=tiny train.global_batch=8 train.steps=6 "
+        "parallel.dp=2 train.micro_batch=8 train.precision=bf16 parallel.tp=2"
+    )
+    # A parameter the trial did not sample is left out rather than printed as nan.
+    cmd1 = reproduce_command(df.loc[1], params=params, base_overrides=[])
+    assert cmd1 == "python -m tuner run parallel.dp=2 train.micro_batch=4 train.precision=bf16"
+
+
+def test_reproduce_command_float_widened_ints() -> None:
+    row = pd.Series(
+        {"a.n": 2.0, "a.lr": 0.0003, "a.flag": np.True_, "a.name": "x y", "a.m": np.nan}
+    )
+    cmd = reproduce_command(
+        row, params=["a.n", "a.lr", "a.flag", "a.name", "a.m"], base_overrides=[]
+    )
+    # The shell hands Hydra one token per override, with Hydra's own quotes around the space.
+    assert shlex.split(cmd) == [
+        *["python", "-m", "tuner", "run"],
+        "a.n=2",
+        "a.lr=0.0003",
+        "a.flag=true",
+        "a.name='x y'",
+    ]
+
+
+def test_failure_table(study: optuna.Study) -> None:
+    failed = failure_table(trials_frame(study))
+    assert _nums(failed) == [3, 6]
+    assert failed["state"].tolist() == ["FAIL", "PRUNED"]
+    assert failed["fail_reason"].tolist() == ["oom", "infeasible"]
+    assert failed["log_dir"].tolist() == ["/logs/3", "/logs/6"]
+    assert "parallel.dp" in failed.columns and "tokens_per_s" not in failed.columns
+
+
+def test_summarize(study: optuna.Study) -> None:
+    summary = summarize(study)
+    assert summary.sweep_name == "tiny <dp> sweep"
+    assert summary.state_counts == {"COMPLETE": 8, "FAIL": 1, "PRUNED": 1}
+    assert summary.n_trials == 10
+    assert summary.n_distinct_configs == 9  # trial 4 repeats trial 1
+    assert summary.objectives == ("tokens_per_s",) and summary.directions == ("maximize",)
+    assert summary.best_number == 9
+    assert summary.best_command == (
+        "python -m tuner run model=tiny train.global_batch=8 train.steps=6 "
+        "parallel.dp=1 train.micro_batch=2 train.precision=bf16"
+    )
+
+
+def test_figures(study: optuna.Study) -> None:
+    df = trials_frame(study)
+    front = pareto_front(df)
+    fig = throughput_vs_memory(df, front)
+    points, line = fig.data
+    assert len(points.x) == 7  # completed trials with both values, trial 9 has no memory
+    assert line.name == "Pareto front" and line.mode == "lines+markers"
+    assert list(line.x) == [1024.0, 3072.0, 6144.0]
+    assert "MiB" in fig.layout.xaxis.title.text and "tokens/s" in fig.layout.yaxis.title.text
+    assert points.error_y.array[0] == pytest.approx(30.0)
+    assert "parallel.dp=1" in points.text[0]
+
+    bars = throughput_by_trial(df)
+    shown = sorted(int(x) for trace in bars.data for x in trace.x)
+    assert shown == list(range(10))  # failed trials keep their slot
+    fail = next(t for t in bars.data if t.name == "FAIL")
+    assert list(fail.y) == [0.0] and list(fail.text) == ["oom"]
+
+
+def _assert_self_contained(text: str) -> None:
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.IGNORECASE)
+    assert not re.search(r"<link[^>]*href\s*=\s*[\"']?(https?:)?//", text, re.IGNORECASE)
+    js = plotly.offline.get_plotlyjs()
+    assert text.count(js[:300]) == 1 and js in text
+
+
+def test_write_report(study: optuna.Study, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    path = write_report(study, out)
+    assert path == out / "report.html"
+    assert sorted(os.listdir(out)) == [
+        "report.html",
+        "trials.csv",
+    ]  # no temp files left
+
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(trials_frame(study).columns)
+    assert [r["number"] for r in rows] == [str(n) for n in range(10)]
+    # Integer columns with gaps must not be widened to "1073741824.0" / "2.0".
+    assert rows[8]["peak_mem_bytes"] == str(GIB) and rows[9]["peak_mem_bytes"] == ""
+    assert rows[2]["parallel.tp"] == "2" and rows[4]["duplicate_of"] == "1"
+    assert rows[3]["fail_detail"] == OOM_DETAIL and rows[1]["tokens_per_s"] == "1800.0"
+    back = pd.read_csv(out / "trials.csv")
+    assert back["tokens_per_s"].equals(trials_frame(study)["tokens_per_s"])
+    # The widened int column read back still gives the same command.
+    params = param_columns(back)
+    cmd = reproduce_command(back.loc[2], params=params, base_overrides=BASE)
+    assert cmd.endswith("train.precision=bf16 parallel.tp=2")
+
+    text = path.read_text(encoding="utf-8")
+    _assert_self_contained(text)
+    assert "tiny &lt;dp&gt; sweep" in text and "<dp>" not in text
+    assert "Best configuration" in text and "Failed and pruned trials" in text
+    summary = summarize(study)
+    assert f"<pre>{summary.best_command}</pre>" in text
+    assert "RuntimeError: &lt;CUDA&gt; out of memory &amp; more" in text and OOM_DETAIL not in text
+    assert "infeasible" in text and "/logs/6" in text
+    for n in range(10):
+        assert f"<td>{n}</td>" in text
+    # Two figures, each rendered once.
+    assert text.count('class="plotly-graph-div"') == 2
+
+
+@pytest.mark.parametrize("states", [[], [TrialState.FAIL, TrialState.PRUNED]])
+def test_report_without_completed_trials(states: list[TrialState], tmp_path: Path) -> None:
+    s = optuna.create_study(storage=None)
+    for state, dp in zip(states, itertools.count(1), strict=False):
+        _add(s, state, {"parallel.dp": dp}, fail_reason="crash")
+    path = write_report(s, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    _assert_self_contained(text)
+    assert "No trial completed" in text
+    df = trials_frame(s)
+    assert pareto_front(df).empty and best_trial(df) is None
+    assert summarize(s).best_command is None
+    header = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == [
+        "number",
+        "state",
+        "fail_reason",
+        "fail_detail",
+        "duplicate_of",
+    ]
+    assert header[-2:] == ["duration_s", "log_dir"] and "tokens_per_s" in header
+
+
+def test_summarize_uses_first_objective_and_its_direction() -> None:
+    s = optuna.create_study(storage=None, directions=["minimize", "maximize"])
+    s.set_user_attr("objectives", ["peak_mem_bytes", "tokens_per_s"])
+    for dp, (mem, tps) in enumerate([(2 * GIB, 300.0), (GIB, 100.0), (3 * GIB, 900.0)], start=1):
+        s.add_trial(
+            create_trial(
+                values=[float(mem), tps],
+                params={"parallel.dp": dp},
+                distributions={"parallel.dp": DISTS["parallel.dp"]},
+                user_attrs={"peak_mem_bytes": mem, "tokens_per_s": tps},
+            )
+        )
+    summary = summarize(s)
+    assert summary.directions == ("minimize", "maximize")
+    assert (summary.best_metric, summary.best_maximize, summary.best_number) == (
+        "peak_mem_bytes",
+        False,
+        1,
+    )
+    assert summary.best_command == "python -m tuner run parallel.dp=2"
+    assert summary.n_distinct_configs == 3

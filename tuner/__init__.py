@@ -1,0 +1,1 @@
+"""paratune's tuner: Hydra configs -> Optuna search -> multi-process engine runs -> reports."""

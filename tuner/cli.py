@@ -1,0 +1,125 @@
+"""``python -m tuner sweep|run|report [hydra overrides]``.
+
+Hydra composes ``conf/`` with the overrides for every subcommand; ``--cfg job`` prints the
+composed config and ``--help`` lists the config groups. User errors print one line naming the
+key, the value and what is valid, and exit with status 2 before anything is launched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from engine.config import ConfigError
+from engine.results import write_json_atomic
+from engine.validate import validate
+from tuner.config import CONF_DIR, Loaded, load
+from tuner.launch import check_machine, run_trial
+from tuner.summary import format_run
+
+EXIT_USAGE = 2
+COMMANDS = ("sweep", "run", "report")
+
+USAGE = """usage: python -m tuner {sweep,run,report} [KEY=VALUE ...] [--cfg job] [--help]
+
+  sweep    search the space (space=, sampler=) with Optuna; writes reports/<sweep.name>/
+  run      run one configuration and print its measurements (run.out=PATH saves the JSON)
+  report   rebuild reports/<sweep.name>/report.html and trials.csv from the sweep's study
+
+Overrides use Hydra syntax, e.g.:
+  python -m tuner sweep model=tiny sweep.name=first sweep.n_trials=6
+  python -m tuner run parallel.dp=2 train.micro_batch=4 train.precision=bf16
+  python -m tuner sweep 'space.train.micro_batch=[2,4]' sampler=random
+"""
+
+
+def _groups() -> str:
+    lines = []
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        lines.append(f"  {group.name}: {', '.join(options)}")
+    return "config groups (choose with GROUP=OPTION):\n" + "\n".join(lines)
+
+
+def _cmd_run(cfg: Loaded) -> int:
+    run_cfg = validate(cfg.run)
+    check_machine(run_cfg, cfg.launcher)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.sweep.out_dir) / "runs" / f"{stamp}-{os.getpid()}"
+    outcome = run_trial(run_cfg, trial_dir=run_dir, launcher=cfg.launcher)
+    if outcome.result is not None and cfg.run_options.out:
+        write_json_atomic(cfg.run_options.out, outcome.result)
+    if not outcome.ok:
+        print(f"run failed ({outcome.reason}): {outcome.detail}\nlogs: {run_dir}", file=sys.stderr)
+        return 1
+    print(format_run(outcome.result))
+    print(
+        f"\nlogs and result.json: {run_dir}"
+        + (f"; JSON also at {cfg.run_options.out}" if cfg.run_options.out else "")
+    )
+    return 0
+
+
+def _cmd_sweep(cfg: Loaded) -> int:
+    import optuna
+
+    from tuner.sweep import run_sweep  # optuna import is slow: only when sweeping
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    report = run_sweep(cfg)
+    print(f"open {report.resolve()} in a browser")
+    return 0
+
+
+def _cmd_report(cfg: Loaded) -> int:
+    import optuna
+
+    from tuner.report import write_report
+    from tuner.study import storage_for, sweep_dir
+
+    try:
+        study = optuna.load_study(study_name=cfg.sweep.name, storage=storage_for(cfg))
+    except KeyError:
+        raise ConfigError(
+            f"no sweep named sweep.name={cfg.sweep.name} in {cfg.sweep.storage or sweep_dir(cfg)}; "
+            "run `python -m tuner sweep sweep.name=...` first."
+        ) from None
+    print(f"open {write_report(study, sweep_dir(cfg)).resolve()} in a browser")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE + "\n" + _groups())
+        return 0 if argv else EXIT_USAGE
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USAGE
+    if "--help" in rest or "-h" in rest:
+        print(USAGE + "\n" + _groups())
+        return 0
+    show_cfg = "--cfg" in rest
+    if show_cfg:
+        i = rest.index("--cfg")
+        rest = rest[:i] + rest[i + 2 :]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    try:
+        cfg = load(rest)
+        if show_cfg:
+            print(OmegaConf.to_yaml(cfg.raw))
+            return 0
+        return {"sweep": _cmd_sweep, "run": _cmd_run, "report": _cmd_report}[command](cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

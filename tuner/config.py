@@ -1,0 +1,201 @@
+"""The tuner's typed config: Hydra composes YAML and overrides against this schema, once.
+
+The engine's own dataclasses are the schema of the run sections, so a key the engine does not
+know is refused by Hydra before anything runs; the tuner adds the sweep, launcher and run
+sections. ``load()`` returns frozen-in-spirit plain objects; nothing downstream sees a DictConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from engine.config import (
+    ConfigError,
+    DebugConfig,
+    MeasureConfig,
+    ModelConfig,
+    ParallelConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# run sections: the part of the composed config that becomes the engine's RunConfig
+RUN_SECTIONS = ("model", "parallel", "train", "measure", "debug", "device", "peak_flops")
+OBJECTIVES = {  # metric -> direction
+    "tokens_per_s": "maximize",
+    "mfu": "maximize",
+    "step_time_s": "minimize",
+    "peak_mem_bytes": "minimize",
+    "comm_bytes": "minimize",
+    "comm_time_s": "minimize",
+}
+
+
+@dataclass
+class SweepConfig:
+    name: str = "default"  # folder under out_dir and Optuna study name; same name = resume
+    n_trials: int = 10  # distinct configurations to measure (repeats of one are not re-run)
+    objectives: list[str] = field(default_factory=lambda: ["tokens_per_s"])
+    storage: str = ""  # Optuna storage URL; "" = sqlite file in the sweep's folder
+    out_dir: str = "reports"
+    seed: int = 0  # sampler seed
+
+
+@dataclass
+class LauncherConfig:
+    timeout_s: float = 300.0  # wall-clock limit of one trial, start-up included
+    max_ranks: int = 8  # most ranks started on this machine (CUDA: also at most one per GPU)
+
+
+@dataclass
+class RunOptions:
+    out: str = ""  # `tuner run`: also write the run's metrics JSON here
+
+
+@dataclass
+class TunerConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    device: str = "auto"
+    peak_flops: float = 0.0
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    run: RunOptions = field(default_factory=RunOptions)
+    space: dict[str, Any] = field(default_factory=dict)  # checked by tuner.space
+    sampler: dict[str, Any] = field(default_factory=dict)  # a `_target_` sampler spec
+
+
+ConfigStore.instance().store(name="schema", node=TunerConfig)
+
+
+@dataclass
+class Loaded:
+    """A composed config, split into what each part of the tuner needs."""
+
+    run: RunConfig  # the base run (the sweep's searched keys replace some of its values)
+    sweep: SweepConfig
+    launcher: LauncherConfig
+    run_options: RunOptions
+    space: dict[str, Any]
+    sampler: dict[str, Any]
+    overrides: list[str]  # as typed by the user
+    raw: DictConfig
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Hydra composition; Hydra's and OmegaConf's errors become one-line ConfigErrors."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def _explain(err: Exception) -> str:
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+    head = lines[0] if lines else type(err).__name__
+    for needle, hint in (
+        ("could not be converted to Integer", "valid: an integer"),
+        ("could not be converted to Float", "valid: a number"),
+        ("could not be converted to Boolean", "valid: true or false"),
+    ):
+        if needle in head:
+            return f"`{key}`: {head}; {hint}."
+    if "not in struct" in text or ("Key '" in head and "not" in head):
+        return f"{head}. Unknown key: see `python -m tuner run --cfg job` for every valid key."
+    rest = " ".join(ln for ln in lines[1:] if not ln.startswith(("full_key", "object_type")))
+    return f"{head} {rest}".strip()
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def to_run_config(raw: DictConfig) -> RunConfig:
+    data = {k: _plain(raw[k]) for k in RUN_SECTIONS}
+    return RunConfig.from_dict(data)
+
+
+def load(overrides: list[str]) -> Loaded:
+    raw = compose_config(overrides)
+    try:
+        sweep = SweepConfig(**_plain(raw.sweep))
+        launcher = LauncherConfig(**_plain(raw.launcher))
+        run_options = RunOptions(**_plain(raw.run))
+        space, sampler = _plain(raw.space) or {}, _plain(raw.sampler) or {}
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from None
+    loaded = Loaded(
+        to_run_config(raw), sweep, launcher, run_options, space, sampler, list(overrides), raw
+    )
+    check_tuner_sections(loaded)
+    return loaded
+
+
+def check_tuner_sections(cfg: Loaded) -> None:
+    s, lc = cfg.sweep, cfg.launcher
+    if s.n_trials < 1:
+        raise ConfigError(f"`sweep.n_trials` must be >= 1, but got sweep.n_trials={s.n_trials}.")
+    if not s.name or os.sep in s.name or s.name in (".", ".."):
+        raise ConfigError(
+            f"`sweep.name` must be a plain folder name (no '{os.sep}'), but got {s.name!r}."
+        )
+    bad = [o for o in s.objectives if o not in OBJECTIVES]
+    if bad or not s.objectives or len(set(s.objectives)) != len(s.objectives):
+        raise ConfigError(
+            f"`sweep.objectives` must be distinct names from {list(OBJECTIVES)}, but got "
+            f"sweep.objectives={s.objectives}."
+        )
+    if lc.timeout_s <= 0:
+        raise ConfigError(f"`launcher.timeout_s` must be > 0, but got {lc.timeout_s}.")
+    if lc.max_ranks < 1:
+        raise ConfigError(f"`launcher.max_ranks` must be >= 1, but got {lc.max_ranks}.")
+    if "_target_" not in cfg.sampler:
+        raise ConfigError(
+            "`sampler` needs a `_target_`; choose one with sampler=tpe|random|bruteforce|nsga2."
+        )
+
+
+def replace_keys(run: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A copy of ``run`` with dotted keys (e.g. ``{"parallel.dp": 2}``) replaced."""
+    data = run.to_dict()
+    for key, value in values.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return RunConfig.from_dict(data)
+
+
+def run_keys() -> dict[str, type]:
+    """Every dotted key of a RunConfig and its value's type, e.g. ``"train.micro_batch": int``."""
+    out: dict[str, type] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                out[prefix + f.name] = type(value)
+
+    walk(RunConfig(), "")
+    out.pop("out", None)  # where to write results is not a tunable
+    return out

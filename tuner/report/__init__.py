@@ -1,0 +1,33 @@
+"""Sweep report: data from an Optuna study (``data``), plotly figures (``figures``), HTML page."""
+
+from __future__ import annotations
+
+from tuner.report.data import (
+    METRIC_COLUMNS,
+    SweepSummary,
+    best_trial,
+    failure_table,
+    param_columns,
+    pareto_front,
+    reproduce_command,
+    summarize,
+    trials_frame,
+)
+from tuner.report.figures import throughput_by_trial, throughput_vs_memory
+from tuner.report.html import render_report, write_report
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "SweepSummary",
+    "best_trial",
+    "failure_table",
+    "param_columns",
+    "pareto_front",
+    "render_report",
+    "reproduce_command",
+    "summarize",
+    "throughput_by_trial",
+    "throughput_vs_memory",
+    "trials_frame",
+    "write_report",
+]

@@ -1,0 +1,156 @@
+"""Drawing step of the sweep report: DataFrames from ``data.py`` in, plotly figures out.
+
+No numbers are decided here (which trials are on the front, which is best): that is ``data.py``'s
+job and is tested there. These functions only choose how to show them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from tuner.report.data import format_value, param_columns
+
+logger = logging.getLogger(__name__)
+
+MIB = 2**20
+FIG_HEIGHT = 460
+_STATE_COLORS = {
+    "COMPLETE": "#1f77b4",
+    "FAIL": "#d62728",
+    "PRUNED": "#ff7f0e",
+    "RUNNING": "#7f7f7f",
+    "WAITING": "#bcbd22",
+}
+_MEM_TITLE = "Peak memory, max over ranks (MiB)"
+_TPS_TITLE = "Throughput (tokens/s)"
+
+
+def _floats(series: pd.Series) -> np.ndarray:
+    # Nullable Int64 columns hold pd.NA, which plotly cannot serialise; NaN it can.
+    return series.to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _hover_labels(df: pd.DataFrame) -> list[str]:
+    """'trial 3' plus one ``key=value`` line per searched parameter the trial sampled."""
+    params = param_columns(df)
+    labels = []
+    for _, row in df.iterrows():
+        head = f"trial {int(row['number'])}"
+        if not pd.isna(row["duplicate_of"]):
+            head += f" (repeat of trial {int(row['duplicate_of'])})"
+        lines = [f"{k}={format_value(row[k])}" for k in params if not pd.isna(row[k])]
+        labels.append("<br>".join([head, *lines]))
+    return labels
+
+
+def _empty(fig: go.Figure, message: str) -> go.Figure:
+    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
+def _spread(df: pd.DataFrame) -> dict | None:
+    """Asymmetric error bars from the per-step min/max, or None when no trial recorded them."""
+    y = _floats(df["tokens_per_s"])
+    lo = _floats(df["tokens_per_s_min"])
+    hi = _floats(df["tokens_per_s_max"])
+    if np.isnan(lo).all() and np.isnan(hi).all():
+        return None
+    # A missing bound draws no bar on that side rather than inventing a spread.
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": np.nan_to_num(hi - y, nan=0.0),
+        "arrayminus": np.nan_to_num(y - lo, nan=0.0),
+        "thickness": 1,
+    }
+
+
+def throughput_vs_memory(df: pd.DataFrame, front: pd.DataFrame) -> go.Figure:
+    """Every COMPLETE trial as a point (memory vs throughput) with the Pareto front on top."""
+    fig = go.Figure()
+    fig.update_layout(
+        title="Throughput vs peak memory",
+        xaxis_title=_MEM_TITLE,
+        yaxis_title=_TPS_TITLE,
+        height=FIG_HEIGHT,
+        hovermode="closest",
+    )
+    done = df[
+        (df["state"] == "COMPLETE") & df["tokens_per_s"].notna() & df["peak_mem_bytes"].notna()
+    ]
+    if done.empty:
+        return _empty(fig, "No completed trial reported throughput and memory.")
+    fig.add_trace(
+        go.Scatter(
+            x=_floats(done["peak_mem_bytes"]) / MIB,
+            y=_floats(done["tokens_per_s"]),
+            mode="markers",
+            name="completed trials",
+            marker={"size": 9, "color": _STATE_COLORS["COMPLETE"], "opacity": 0.75},
+            error_y=_spread(done),
+            text=_hover_labels(done),
+            hovertemplate="%{text}<br>%{x:.1f} MiB<br>%{y:,.0f} tokens/s<extra></extra>",
+        )
+    )
+    if not front.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=_floats(front["peak_mem_bytes"]) / MIB,
+                y=_floats(front["tokens_per_s"]),
+                mode="lines+markers",
+                name="Pareto front",
+                # Horizontal-then-vertical steps: with memory m to spare, the best attainable
+                # throughput is that of the last front point left of m, not an interpolation.
+                line={"shape": "hv", "color": "#2ca02c", "width": 2},
+                marker={"size": 12, "symbol": "diamond-open", "color": "#2ca02c"},
+                text=_hover_labels(front),
+                hovertemplate="Pareto: %{text}<extra></extra>",
+            )
+        )
+    return fig
+
+
+def throughput_by_trial(df: pd.DataFrame) -> go.Figure:
+    """Bar of tokens/s per trial; trials without throughput get a zero bar labelled with why."""
+    fig = go.Figure()
+    fig.update_layout(
+        title="Throughput by trial",
+        xaxis_title="Trial",
+        yaxis_title=_TPS_TITLE,
+        height=FIG_HEIGHT,
+        barmode="overlay",
+        # Category axis so that every trial, even a failed one, has its own labelled slot.
+        xaxis={
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": [str(n) for n in df["number"]],
+        },
+    )
+    if df.empty:
+        return _empty(fig, "The sweep has no trials.")
+    for state, group in df.groupby("state", sort=False):
+        y = np.nan_to_num(_floats(group["tokens_per_s"]), nan=0.0)
+        labels = []
+        for _, row in group.iterrows():
+            if not pd.isna(row["tokens_per_s"]):
+                dup = row["duplicate_of"]
+                labels.append("" if pd.isna(dup) else f"= #{int(dup)}")
+            else:
+                labels.append(str(row["fail_reason"]) if not pd.isna(row["fail_reason"]) else state)
+        fig.add_trace(
+            go.Bar(
+                x=[str(n) for n in group["number"]],
+                y=y,
+                name=str(state),
+                marker_color=_STATE_COLORS.get(str(state), "#9467bd"),
+                text=labels,
+                textposition="outside",
+                hovertext=_hover_labels(group),
+                hovertemplate="%{hovertext}<br>%{y:,.0f} tokens/s<extra>" + str(state) + "</extra>",
+            )
+        )
+    return fig

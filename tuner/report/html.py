@@ -1,0 +1,228 @@
+"""Assemble the sweep report into one self-contained HTML page and write it with the CSV.
+
+The page must open offline (on a cluster login node, from a copied folder), so plotly.js is inlined
+once in the head and every figure is rendered without its own copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import plotly.offline
+
+from tuner.report import data, figures
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+
+logger = logging.getLogger(__name__)
+
+MIB = 2**20
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.muted { color: #666; }
+pre { background: #f5f5f5; padding: 0.8em; overflow-x: auto; white-space: pre-wrap; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
+td { font-variant-numeric: tabular-nums; }
+th { background: #f0f0f0; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder, so a reader never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        # mkstemp creates 0600; a report is meant to be shared like any other output file.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fmt(value: Any) -> str:
+    """Readable number: thousands separators, few decimals; empty for missing."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_, str)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        if float(value).is_integer() and abs(value) < 1e15:
+            return f"{value:,.0f}"
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
+    return str(value)
+
+
+def _plain(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return data.format_value(value) if isinstance(value, (int, float, np.number)) else str(value)
+
+
+def _table(df: pd.DataFrame) -> str:
+    """``DataFrame.to_html`` of formatted strings, HTML-escaped by pandas."""
+    # Only measurements get thousands separators; trial ids and parameter values are shown as
+    # they are typed (a "parallel.dp" of 1,024 would not paste back as an override).
+    measured = {*data.METRIC_COLUMNS, "duration_s"}
+    shown = pd.DataFrame(
+        {c: df[c].map(_fmt if c in measured else _plain) for c in df.columns}, columns=df.columns
+    )
+    table = shown.to_html(index=False, escape=True, na_rep="", border=0)
+    return f'<div class="scroll">{table}</div>'
+
+
+def _figure(fig: go.Figure) -> str:
+    # plotly.js is already in <head>; each figure adds only its div and newPlot call.
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, default_height=f"{fig.layout.height}px"
+    )
+
+
+def _title(summary: data.SweepSummary) -> str:
+    counts = ", ".join(f"{n} {html.escape(s)}" for s, n in summary.state_counts.items()) or "none"
+    objectives = ", ".join(
+        f"{html.escape(o)} ({html.escape(d)})"
+        for o, d in zip(summary.objectives, summary.directions, strict=False)
+    )
+    parts = [
+        f"<h1>Sweep report: {html.escape(summary.sweep_name)}</h1>",
+        f'<p class="muted">{summary.n_trials} trials ({counts}); '
+        f"{summary.n_distinct_configs} distinct configurations"
+        + (f"; objectives: {objectives}" if objectives else "")
+        + "</p>",
+    ]
+    if summary.base_overrides:
+        fixed = " ".join(html.escape(o) for o in summary.base_overrides)
+        parts.append(f'<p class="muted">Fixed for the whole sweep: <code>{fixed}</code></p>')
+    return "\n".join(parts)
+
+
+def _metric_rows(row: pd.Series) -> list[tuple[str, str]]:
+    """(label, value) pairs for the best trial, converted to the units people read."""
+
+    def get(key: str) -> float | None:
+        value = row.get(key)
+        return None if value is None or pd.isna(value) else float(value)
+
+    rows: list[tuple[str, str]] = []
+    tps, lo, hi = get("tokens_per_s"), get("tokens_per_s_min"), get("tokens_per_s_max")
+    if tps is not None:
+        spread = f" (steps: {lo:,.0f} to {hi:,.0f})" if lo is not None and hi is not None else ""
+        rows.append(("Throughput", f"{tps:,.0f} tokens/s{spread}"))
+    conversions = [
+        ("step_time_s", "Step time", lambda v: f"{v:.4g} s"),
+        (
+            "peak_mem_bytes",
+            "Peak memory (max over ranks)",
+            lambda v: f"{v / MIB:,.1f} MiB",
+        ),
+        (
+            "comm_bytes",
+            "Communication per step per rank",
+            lambda v: f"{v / MIB:,.2f} MiB",
+        ),
+        (
+            "comm_time_s",
+            "Communication time per step per rank",
+            lambda v: f"{v * 1e3:,.2f} ms",
+        ),
+        ("comm_count", "Collectives per step per rank", lambda v: f"{v:,.0f}"),
+        ("mfu", "MFU", lambda v: f"{v * 100:.1f} %"),
+        ("world_size", "World size", lambda v: f"{v:.0f}"),
+        ("n_params", "Parameters", lambda v: f"{v:,.0f}"),
+        ("final_loss", "Final loss", lambda v: f"{v:.4g}"),
+    ]
+    for key, label, convert in conversions:
+        value = get(key)
+        if value is not None:
+            rows.append((label, convert(value)))
+    return rows
+
+
+def _best_section(df: pd.DataFrame, summary: data.SweepSummary) -> str:
+    head = "<h2>Best configuration</h2>"
+    if summary.best_number is None:
+        return (
+            head + "<p><strong>No trial completed</strong>, so there is no best configuration.</p>"
+        )
+    row = df.loc[df["number"] == summary.best_number].iloc[0]
+    how = "highest" if summary.best_maximize else "lowest"
+    cells = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _metric_rows(row)
+    )
+    params = ", ".join(
+        f"{k}={data.format_value(row[k])}" for k in summary.params if not pd.isna(row[k])
+    )
+    return (
+        f"{head}<p>Trial {summary.best_number} ({how} {html.escape(summary.best_metric)})"
+        f"{': ' + html.escape(params) if params else ''}</p>"
+        f'<table class="metrics">{cells}</table>'
+        f"<p>Reproduce:</p><pre>{html.escape(summary.best_command or '')}</pre>"
+    )
+
+
+def _failure_section(df: pd.DataFrame) -> str:
+    head = "<h2>Failed and pruned trials</h2>"
+    failed = data.failure_table(df)
+    if failed.empty:
+        return head + "<p>None: every trial completed or is still running.</p>"
+    reasons = failed["fail_reason"].fillna("unknown").value_counts().to_dict()
+    counts = ", ".join(f"{n} {html.escape(str(r))}" for r, n in reasons.items())
+    return f"{head}<p>{len(failed)} trials ({counts}).</p>" + _table(failed)
+
+
+def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
+    """The report page as a string (``write_report`` writes it)."""
+    if df is None:
+        df = data.trials_frame(study)
+    summary = data.summarize(study, df)
+    front = data.pareto_front(df)
+    body = [
+        _title(summary),
+        _best_section(df, summary),
+        "<h2>Throughput vs memory</h2>",
+        f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
+        + "has both less memory and more throughput.</p>",
+        _figure(figures.throughput_vs_memory(df, front)),
+        "<h2>Throughput by trial</h2>",
+        _figure(figures.throughput_by_trial(df)),
+        _failure_section(df),
+        "<h2>All trials</h2>",
+        _table(df) if not df.empty else "<p>The sweep has no trials.</p>",
+    ]
+    name = html.escape(summary.sweep_name)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>paratune: {name}</title>\n<style>{_CSS}</style>\n"
+        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
+        "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def write_report(study: optuna.Study, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``trials.csv`` and ``report.html`` into ``out_dir``; return the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = data.trials_frame(study)
+    _atomic_write(out / "trials.csv", df.to_csv(index=False))
+    path = out / "report.html"
+    _atomic_write(path, render_report(study, df))
+    logger.info("wrote sweep report %s (%d trials)", path, len(df))
+    return path

@@ -1,0 +1,174 @@
+"""The Optuna study of a sweep: storage, sampler, and safe resumption.
+
+A sweep is identified by ``sweep.name``; running the same command again continues its study.
+Its fixed settings (everything but the searched keys) are stored with it, and a resumption
+that would mix measurements taken under different settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from engine.config import ConfigError
+from tuner.config import OBJECTIVES, Loaded
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running a trial
+
+
+def sweep_dir(cfg: Loaded) -> Path:
+    return Path(cfg.sweep.out_dir) / cfg.sweep.name
+
+
+def storage_for(cfg: Loaded) -> optuna.storages.BaseStorage | str:
+    """``sweep.storage``: "" (sqlite file in the sweep folder), an RDB URL, or journal:PATH."""
+    url = cfg.sweep.storage
+    if not url:
+        path = sweep_dir(cfg) / "study.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path.resolve()}"
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return url
+
+
+def make_sampler(cfg: Loaded) -> optuna.samplers.BaseSampler:
+    try:
+        sampler = instantiate(cfg.sampler)
+    except Exception as err:  # a bad _target_ or argument: report it as a config problem
+        raise ConfigError(f"`sampler` could not be created from {cfg.sampler}: {err}") from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise ConfigError(f"`sampler._target_` must name an Optuna sampler, got {type(sampler)}.")
+    return sampler
+
+
+def fixed_settings(cfg: Loaded, searched: list[str]) -> dict[str, Any]:
+    """The run settings a sweep holds fixed: the base config without the searched keys."""
+    data = cfg.run.to_dict()
+    data.pop("out", None)
+    for key in searched:
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    return data
+
+
+def base_overrides(cfg: Loaded, searched: list[str]) -> list[str]:
+    """The user's overrides that shape a run (for the report's reproduce command)."""
+    skip = ("sweep.", "launcher.", "run.", "space", "sampler", "hydra")
+    kept = [o for o in cfg.overrides if not o.lstrip("+~").startswith(skip)]
+    kept = [o for o in kept if o.split("=", 1)[0].lstrip("+~") not in searched]
+    if not any(o.startswith("model=") for o in kept):
+        kept.insert(0, f"model={cfg.run.model.name}")
+    return kept
+
+
+def open_study(cfg: Loaded, searched: list[str]) -> optuna.Study:
+    directions = [OBJECTIVES[o] for o in cfg.sweep.objectives]
+    study = optuna.create_study(
+        study_name=cfg.sweep.name,
+        storage=storage_for(cfg),
+        sampler=make_sampler(cfg),
+        directions=directions,
+        load_if_exists=True,
+    )
+    fixed = json.loads(json.dumps(fixed_settings(cfg, searched)))  # tuples -> lists, as stored
+    stored = study.user_attrs.get("fixed_settings")
+    if stored is None:
+        study.set_user_attr("fixed_settings", fixed)
+        study.set_user_attr("searched", searched)
+        study.set_user_attr("objectives", cfg.sweep.objectives)
+        study.set_user_attr("sweep_name", cfg.sweep.name)
+        study.set_user_attr("base_overrides", base_overrides(cfg, searched))
+        return study
+    _check_resumable(cfg, study, fixed, stored, searched, directions)
+    return study
+
+
+def _check_resumable(
+    cfg: Loaded,
+    study: optuna.Study,
+    fixed: dict,
+    stored: dict,
+    searched: list[str],
+    directions: list[str],
+) -> None:
+    name = cfg.sweep.name
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ConfigError(
+            f"sweep.name={name} exists with objectives {study.user_attrs.get('objectives')}; "
+            f"got sweep.objectives={cfg.sweep.objectives}. Use the same objectives or another "
+            "sweep.name."
+        )
+    if sorted(study.user_attrs.get("searched", [])) != sorted(searched):
+        raise ConfigError(
+            f"sweep.name={name} exists and searches {study.user_attrs.get('searched')}, but this "
+            f"space searches {searched}. Use the same space or another sweep.name."
+        )
+    diffs = sorted(_diff(stored, fixed))
+    if diffs:
+        raise ConfigError(
+            f"sweep.name={name} exists with other fixed settings ({', '.join(diffs[:6])}); "
+            "resuming would mix measurements. Use the same overrides or another sweep.name."
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out.extend(_diff(a.get(k), b.get(k), f"{prefix}{k}."))
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker_alive(worker: str) -> bool:
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's worker: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail trials whose worker on this host has died, and queue their configurations again."""
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTR, "")
+        if worker and _worker_alive(worker):
+            continue
+        handle = optuna.trial.Trial(study, trial._trial_id)
+        handle.set_user_attr("fail_reason", "interrupted")
+        handle.set_user_attr(
+            "fail_detail", f"worker {worker or '?'} stopped before the trial ended"
+        )
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+        recovered.append(trial)
+        log.warning("trial %d was interrupted; its configuration is queued again", trial.number)
+    return recovered

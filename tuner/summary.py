@@ -1,0 +1,49 @@
+"""A readable summary of one run's result, for `python -m tuner run`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def _row(name: str, value: str) -> str:
+    return f"  {name:<22} {value}"
+
+
+def format_run(r: dict[str, Any]) -> str:
+    cfg = r["config"]
+    p, t, m = cfg["parallel"], cfg["train"], cfg["model"]
+    layout = f"dp={p['dp']} tp={p['tp']} pp={p['pp']} zero={p['zero']}"
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    losses = r["losses"]
+    lines = [
+        f"model {m['name']} ({r['n_params'] / 1e6:.2f}M params), {layout}, "
+        f"micro_batch={t['micro_batch']} global_batch={t['global_batch']} {t['precision']} "
+        f"on {r['world_size']} {r['device']} rank(s)",
+        _row(
+            "tokens/s",
+            f"{r['tokens_per_s']:,.0f}  (min {r['tokens_per_s_min']:,.0f}, "
+            f"max {r['tokens_per_s_max']:,.0f} over {len(r['timed_steps'])} steps)",
+        ),
+        _row("step time", f"{1e3 * r['step_time_s']:.1f} ms (median)"),
+        _row(
+            "peak memory",
+            f"{r['peak_mem_bytes'] / MIB:,.1f} MiB (max over ranks, {r['mem_method']})",
+        ),
+        _row(
+            "communication/step",
+            f"{r['comm_count']:.0f} collectives, "
+            f"{r['comm_bytes'] / MIB:.2f} MiB, {1e3 * r['comm_time_s']:.1f} ms (per rank)",
+        ),
+        _row("MFU", f"{mfu} of {r['peak_flops_per_device']:.3g} FLOP/s per device"),
+        _row("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps"),
+    ]
+    for kind, s in sorted(r.get("comm", {}).items()):
+        lines.append(
+            _row(
+                f"  {kind}",
+                f"{s['count']:.0f} x, {s['bytes'] / MIB:.2f} MiB, {1e3 * s['time_s']:.1f} ms",
+            )
+        )
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""The sweep loop: ask Optuna for a layout, prune or launch it, record what happened, report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from engine.config import ConfigError
+from engine.validate import validate
+from tuner import space as space_mod
+from tuner.config import Loaded, replace_keys
+from tuner.launch import TrialOutcome, check_machine, run_trial
+from tuner.report import write_report
+from tuner.study import WORKER_ATTR, open_study, recover_interrupted, sweep_dir, worker_id
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+# a sampler that keeps proposing measured layouts has converged (or the space is tiny)
+MAX_DUPLICATES_IN_A_ROW = 30
+
+
+def _counts(t: FrozenTrial) -> bool:
+    """Trials that count toward sweep.n_trials: measured or decided, not repeats or interrupted."""
+    return (
+        t.state in FINISHED
+        and "duplicate_of" not in t.user_attrs
+        and t.user_attrs.get("fail_reason") != "interrupted"
+    )
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a run's result worth keeping on the trial (scalars, per-kind comm, losses)."""
+    keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    keep["comm"] = result.get("comm", {})
+    keep["losses"] = result.get("losses", [])
+    return keep
+
+
+def _earlier_same(study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
+        if t.number != number and _counts(t) and space_mod.params_equal(t.params, params):
+            return t
+    return None
+
+
+class Progress:
+    """One line per trial on stderr: how far the sweep is and the best result so far."""
+
+    def __init__(self, total: int, objective: str, echo: Callable[[str], None]) -> None:
+        self.total, self.objective, self.echo = total, objective, echo
+
+    def line(self, study: optuna.Study, trial: FrozenTrial | optuna.Trial, status: str) -> None:
+        done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        best = ""
+        if complete:
+            sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+            top = max(complete, key=lambda t: sign * t.values[0])
+            best = f"  best {self.objective}={top.values[0]:,.4g} (trial {top.number})"
+        params = " ".join(f"{k.split('.')[-1]}={v}" for k, v in trial.params.items())
+        self.echo(f"[{done:>3}/{self.total}] trial {trial.number:<3} {params:<40} {status}{best}")
+
+
+def _finish(
+    study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str]
+) -> str:
+    trial.set_user_attr("log_dir", str(outcome.log_dir))
+    trial.set_user_attr("duration_s", outcome.wall_s)
+    if outcome.result is not None:
+        for key, value in _metrics(outcome.result).items():
+            trial.set_user_attr(key, value)
+    if outcome.ok and outcome.result is not None:
+        values = [float(outcome.result[o]) for o in objectives]
+        study.tell(trial, values)
+        return f"ok {outcome.result['tokens_per_s']:.1f} tok/s"
+    trial.set_user_attr("fail_reason", outcome.reason)
+    trial.set_user_attr("fail_detail", outcome.detail)
+    study.tell(trial, state=TrialState.FAIL)
+    return f"FAILED ({outcome.reason}: {outcome.detail[:60]})"
+
+
+def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> str:
+    """Record a repeat of ``earlier`` without running it again (Optuna's advice for duplicates)."""
+    trial.set_user_attr("duplicate_of", earlier.number)
+    for key, value in earlier.user_attrs.items():
+        if key not in (WORKER_ATTR, "duplicate_of"):
+            trial.set_user_attr(key, value)
+    if earlier.state == TrialState.COMPLETE:
+        study.tell(trial, earlier.values)
+    else:
+        study.tell(trial, state=earlier.state)
+    return f"repeat of trial {earlier.number}"
+
+
+def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) the sweep; returns the report's path."""
+    echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    space = space_mod.build(cfg.space, cfg.run)
+    searched = list(space.distributions)
+    out = sweep_dir(cfg)
+    study = open_study(cfg, searched)
+    recover_interrupted(study)
+    progress = Progress(cfg.sweep.n_trials, cfg.sweep.objectives[0], echo)
+    echo(f"sweep {cfg.sweep.name}: searching {searched} -> {out}")
+    repeats = 0
+    while sum(_counts(t) for t in study.get_trials(deepcopy=False)) < cfg.sweep.n_trials:
+        measured = [t.params for t in study.get_trials(deepcopy=False) if _counts(t)]
+        if (
+            space.size is not None
+            and len({tuple(sorted(p.items())) for p in measured}) >= space.size
+        ):
+            echo(f"every one of the {space.size} configurations has been tried")
+            break
+        if repeats >= MAX_DUPLICATES_IN_A_ROW:
+            echo(
+                f"the sampler proposed only measured configurations {repeats} times in a row; "
+                "stopping"
+            )
+            break
+        trial = study.ask(space.distributions)
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        earlier = _earlier_same(study, trial.params, trial.number)
+        if earlier is not None:
+            repeats += 1
+            progress.line(study, trial, _reuse(study, trial, earlier))
+            continue
+        repeats = 0
+        status = _run_one(cfg, study, trial, out)
+        progress.line(study, trial, status)
+    report = write_report(study, out)
+    echo(f"report: {report}")
+    return report
+
+
+def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -> str:
+    run_cfg = replace_keys(cfg.run, trial.params)
+    try:
+        validate(run_cfg)
+        check_machine(run_cfg, cfg.launcher)
+    except ConfigError as err:
+        trial.set_user_attr("fail_reason", "infeasible")
+        trial.set_user_attr("fail_detail", str(err))
+        study.tell(trial, state=TrialState.PRUNED)
+        return f"pruned (infeasible: {err})"
+    t0 = time.monotonic()
+    try:
+        outcome = run_trial(
+            run_cfg, trial_dir=out / "trials" / f"{trial.number:04d}", launcher=cfg.launcher
+        )
+    except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", "interrupted")
+        trial.set_user_attr("fail_detail", f"interrupted after {time.monotonic() - t0:.1f}s")
+        study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+        write_report(study, out)
+        raise
+    return _finish(study, trial, outcome, cfg.sweep.objectives)
