@@ -109,6 +109,8 @@ def build_result(
             "peak_mem_bytes": max(peaks),
             "peak_mem_bytes_per_rank": peaks,
             "mem_method": "cuda_allocator" if device.type == "cuda" else "vmhwm",
+            # with no unprofiled measured step, the peak includes the profiler's buffers
+            "mem_includes_profiler": with_profiler,
             "comm_count": comm["count"],
             "comm_bytes": comm["bytes"],
             "comm_time_s": comm["time_s"],

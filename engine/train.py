@@ -43,7 +43,7 @@ class RankRecord:
     grad_norms: list[float] = field(default_factory=list)
     skipped_steps: int = 0
     loss_scale: float | None = None
-    memory: dict[str, int] = field(default_factory=dict)
+    memory: dict[str, int] = field(default_factory=dict)  # peaks over the unprofiled steps
     comm: dict | None = None  # per profiled step
     unknown_comm_dtypes: list[str] = field(default_factory=list)
     diverged_at: int | None = None
@@ -92,6 +92,8 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
         if step == t.warmup_steps:
             memory.reset()
         if step == prof_start and prof_start < prof_end:
+            if step > t.warmup_steps:  # the profiler's own buffers must not count as the model's
+                record.memory = memory.read()
             prof = _profiler(device)
             prof.__enter__()
         watch.start()
@@ -144,6 +146,7 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
     if prof is not None:  # left early: close the profiler without using its partial window
         with contextlib.suppress(Exception):
             prof.__exit__(None, None, None)
-    record.memory = memory.read()
+    if not record.memory:
+        record.memory = memory.read()
     record.loss_scale = precision.loss_scale
     return record

@@ -105,22 +105,48 @@ def compose_config(overrides: list[str]) -> DictConfig:
         raise ConfigError(_explain(err)) from None
 
 
+def _valid_keys(path: str) -> list[str]:
+    """Keys of the schema section at dotted ``path`` ("" = top level)."""
+    node: Any = TunerConfig()
+    for part in [p for p in path.split(".") if p]:
+        node = getattr(node, part, None)
+    if not dataclasses.is_dataclass(node):
+        return []
+    return [f.name for f in dataclasses.fields(node)]
+
+
+_TYPE_HINTS = {
+    "Integer": "an integer",
+    "Float": "a number",
+    "not a valid bool": "true or false",
+    "to string": "a single value, not a list",
+}
+
+
 def _explain(err: Exception) -> str:
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
-    head = lines[0] if lines else type(err).__name__
-    for needle, hint in (
-        ("could not be converted to Integer", "valid: an integer"),
-        ("could not be converted to Float", "valid: a number"),
-        ("could not be converted to Boolean", "valid: true or false"),
-    ):
-        if needle in head:
-            return f"`{key}`: {head}; {hint}."
-    if "not in struct" in text or ("Key '" in head and "not" in head):
-        return f"{head}. Unknown key: see `python -m tuner run --cfg job` for every valid key."
-    rest = " ".join(ln for ln in lines[1:] if not ln.startswith(("full_key", "object_type")))
-    return f"{head} {rest}".strip()
+    """One actionable line from Hydra's and OmegaConf's (often multi-line, nested) errors."""
+    inner: Any = err
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    key = getattr(inner, "full_key", "") or ""
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    head = lines[0] if lines else type(inner).__name__
+    if "not in" in head and key:
+        parent = key.rpartition(".")[0]
+        valid = _valid_keys(parent)
+        where = f"`{parent}`" if parent else "the config"
+        return f"unknown key `{key}`; valid keys in {where}: {valid}."
+    if key:
+        hint = next((h for needle, h in _TYPE_HINTS.items() if needle in head), "")
+        return f"`{key}`: {head}" + (f"; valid: {hint}." if hint else ".")
+    if "Could not find" in head:  # a config group option that does not exist
+        options = [
+            ln for ln in lines[1:] if not ln.startswith(("Available", "Config search", "provider="))
+        ]
+        group = head.split("'")[-2].split("/")[0] if "'" in head else "group"
+        message = head.removeprefix("In 'config': ")
+        return f"{message}; valid {group} options: {', '.join(options)}."
+    return " ".join(ln for ln in lines if not ln.startswith("See https://"))
 
 
 def _plain(node: Any) -> Any:
@@ -134,6 +160,9 @@ def to_run_config(raw: DictConfig) -> RunConfig:
 
 def load(overrides: list[str]) -> Loaded:
     raw = compose_config(overrides)
+    unknown = sorted(set(raw) - set(_valid_keys("")))
+    if unknown:  # `+key=value` can add keys the schema does not know: they would be ignored
+        raise ConfigError(f"unknown key(s) {unknown}; valid top-level keys: {_valid_keys('')}.")
     try:
         sweep = SweepConfig(**_plain(raw.sweep))
         launcher = LauncherConfig(**_plain(raw.launcher))

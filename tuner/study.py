@@ -167,8 +167,19 @@ def recover_interrupted(study: optuna.Study) -> list[FrozenTrial]:
         handle.set_user_attr(
             "fail_detail", f"worker {worker or '?'} stopped before the trial ended"
         )
-        study.tell(trial.number, state=TrialState.FAIL)
+        tell(study, trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
         recovered.append(trial)
         log.warning("trial %d was interrupted; its configuration is queued again", trial.number)
     return recovered
+
+
+def tell(study: optuna.Study, trial: optuna.Trial | int, values=None, state=None) -> None:
+    """``study.tell``, tolerating samplers that end a study by ``study.stop()`` (BruteForce does
+    when the space is exhausted), which only works inside ``optimize``; the trial is stored
+    before that call, and the sweep loop notices exhaustion itself."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise

@@ -18,7 +18,14 @@ from tuner import space as space_mod
 from tuner.config import Loaded, replace_keys
 from tuner.launch import TrialOutcome, check_machine, run_trial
 from tuner.report import write_report
-from tuner.study import WORKER_ATTR, open_study, recover_interrupted, sweep_dir, worker_id
+from tuner.study import (
+    WORKER_ATTR,
+    open_study,
+    recover_interrupted,
+    sweep_dir,
+    tell,
+    worker_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +71,9 @@ class Progress:
         if complete:
             sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
             top = max(complete, key=lambda t: sign * t.values[0])
-            best = f"  best {self.objective}={top.values[0]:,.4g} (trial {top.number})"
+            value = top.values[0]
+            shown = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+            best = f"  best {self.objective}={shown} (trial {top.number})"
         params = " ".join(f"{k.split('.')[-1]}={v}" for k, v in trial.params.items())
         self.echo(f"[{done:>3}/{self.total}] trial {trial.number:<3} {params:<40} {status}{best}")
 
@@ -72,18 +81,18 @@ class Progress:
 def _finish(
     study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str]
 ) -> str:
-    trial.set_user_attr("log_dir", str(outcome.log_dir))
+    trial.set_user_attr("log_dir", str(outcome.log_dir.resolve()))
     trial.set_user_attr("duration_s", outcome.wall_s)
     if outcome.result is not None:
         for key, value in _metrics(outcome.result).items():
             trial.set_user_attr(key, value)
     if outcome.ok and outcome.result is not None:
         values = [float(outcome.result[o]) for o in objectives]
-        study.tell(trial, values)
+        tell(study, trial, values)
         return f"ok {outcome.result['tokens_per_s']:.1f} tok/s"
     trial.set_user_attr("fail_reason", outcome.reason)
     trial.set_user_attr("fail_detail", outcome.detail)
-    study.tell(trial, state=TrialState.FAIL)
+    tell(study, trial, state=TrialState.FAIL)
     return f"FAILED ({outcome.reason}: {outcome.detail[:60]})"
 
 
@@ -94,9 +103,9 @@ def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> st
         if key not in (WORKER_ATTR, "duplicate_of"):
             trial.set_user_attr(key, value)
     if earlier.state == TrialState.COMPLETE:
-        study.tell(trial, earlier.values)
+        tell(study, trial, earlier.values)
     else:
-        study.tell(trial, state=earlier.state)
+        tell(study, trial, state=earlier.state)
     return f"repeat of trial {earlier.number}"
 
 
@@ -148,7 +157,7 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
     except ConfigError as err:
         trial.set_user_attr("fail_reason", "infeasible")
         trial.set_user_attr("fail_detail", str(err))
-        study.tell(trial, state=TrialState.PRUNED)
+        tell(study, trial, state=TrialState.PRUNED)
         return f"pruned (infeasible: {err})"
     t0 = time.monotonic()
     try:
@@ -158,7 +167,7 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
     except KeyboardInterrupt:
         trial.set_user_attr("fail_reason", "interrupted")
         trial.set_user_attr("fail_detail", f"interrupted after {time.monotonic() - t0:.1f}s")
-        study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
         write_report(study, out)
         raise

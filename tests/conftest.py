@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import engine_pids, wait_until
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Every test must end the engine processes it started."""
+    before = engine_pids()
+    yield
+    wait_until(lambda: not (engine_pids() - before), timeout_s=10)
+    left = engine_pids() - before
+    assert not left, f"engine processes left running: {sorted(left)}"

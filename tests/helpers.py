@@ -1,0 +1,79 @@
+"""Helpers shared by the tests: real engine runs and real CLI processes, nothing mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.config import RunConfig
+from engine.launch import engine_command, launch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(**sections: dict[str, Any]) -> RunConfig:
+    """The tiny preset with dotted-section overrides, e.g. tiny_config(parallel={"dp": 2})."""
+    cfg = RunConfig().to_dict()
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
+    return RunConfig.from_dict(cfg)
+
+
+def run_engine(cfg: RunConfig, workdir: Path, *, timeout_s: float = 240) -> dict[str, Any]:
+    """Launch the engine as cfg.parallel.world_size processes; return rank 0's result JSON."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig.from_dict({**cfg.to_dict(), "out": str(workdir / "result.json")})
+    path = workdir / "config.json"
+    path.write_text(cfg.to_json())
+    res = launch(
+        engine_command(path), nproc=cfg.parallel.world_size, log_dir=workdir, timeout_s=timeout_s
+    )
+    logs = "\n".join(p.read_text() for p in res.log_paths)
+    assert res.ok, f"engine failed: exit codes {res.returncodes}\n{logs[-4000:]}"
+    return json.loads((workdir / "result.json").read_text())
+
+
+def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m tuner ARGS`` in ``cwd`` (outputs go to cwd/reports)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def engine_pids() -> set[int]:
+    """PIDs of live engine rank processes (``python -m engine ...``) on this machine."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if b"-m" in cmd and b"engine" in cmd and state != "Z":
+            pids.add(int(proc.name))
+    return pids
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

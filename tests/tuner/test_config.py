@@ -1,0 +1,48 @@
+"""Composition through Hydra, and bad input refused with an actionable message."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import ConfigError
+from engine.validate import validate
+from tuner.config import CONF_DIR, load
+
+
+def test_defaults_compose_into_a_valid_run():
+    cfg = load([])
+    validate(cfg.run)
+    assert cfg.run.model.name == "tiny" and cfg.sweep.n_trials >= 1
+    assert cfg.sampler["_target_"].startswith("optuna.samplers.")
+
+
+def test_overrides_reach_the_typed_config():
+    cfg = load(["parallel.dp=2", "train.micro_batch=2", "train.precision=bf16", "sweep.name=x"])
+    assert (cfg.run.parallel.dp, cfg.run.train.micro_batch) == (2, 2)
+    assert cfg.run.train.precision == "bf16" and cfg.sweep.name == "x"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_every_model_preset_is_valid(preset):
+    cfg = load([f"model={preset}"])
+    assert cfg.run.model.name == preset
+    validate(cfg.run)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["train.stepz=3"], ["train.stepz"]),
+        (["train.steps=abc"], ["train.steps", "abc", "integer"]),
+        (["sweep.n_trials=0"], ["sweep.n_trials", "0", ">= 1"]),
+        (["model=gpt5"], ["gpt5", "tiny"]),
+        (["sweep.objectives=[speed]"], ["sweep.objectives", "speed", "tokens_per_s"]),
+        (["sampler=annealing"], ["annealing", "tpe"]),
+        (["launcher.timeout_s=-1"], ["launcher.timeout_s", "-1"]),
+    ],
+)
+def test_bad_overrides_are_refused_with_the_key(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        load(overrides)
+    for word in words:
+        assert word in str(err.value), str(err.value)
