@@ -3,6 +3,7 @@
 Depends on torch and the standard library only.
 """
 
+from engine.api import Engine, EngineConfig
 from engine.config import (
     ConfigError,
     DebugConfig,
@@ -20,6 +21,8 @@ __all__ = [
     "GPT",
     "ConfigError",
     "DebugConfig",
+    "Engine",
+    "EngineConfig",
     "MeasureConfig",
     "ModelConfig",
     "ParallelConfig",

@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    if "RANK" in os.environ or cfg.parallel.world_size == 1:
+    if "RANK" in os.environ or cfg.parallel.n_ranks == 1:
         code = main_rank(cfg)
     else:
         log_dir = Path(cfg.out).parent if cfg.out else Path(".")
         result = launch(
             engine_command(args.config),
-            nproc=cfg.parallel.world_size,
+            nproc=cfg.parallel.n_ranks,
             log_dir=log_dir,
             timeout_s=args.timeout,
         )

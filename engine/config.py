@@ -44,16 +44,20 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    """Degrees of parallelism; world size = dp * tp * pp."""
+    """Degrees of parallelism; the number of ranks is dp * tp * pp."""
 
-    dp: int = 1  # data-parallel degree
+    world_size: int = 0  # ranks required (0: whatever dp * tp * pp is); fixes a sweep's size
+    dp: int = 1  # data-parallel degree; 0 = world_size / (tp * pp)
     tp: int = 1  # tensor-parallel degree
     pp: int = 1  # pipeline-parallel degree
-    zero: int = 0  # ZeRO stage on the data-parallel dimension (0 = plain DDP)
+    zero: int = 0  # ZeRO stage on the data-parallel dimension: 0 (DDP), 1, 2, 3
+    sp: bool = False  # sequence parallelism on top of tensor parallelism
+    pp_schedule: str = "1f1b"  # see engine.parallel.pipeline.SCHEDULES
+    pp_virtual_stages: int = 1  # stages per rank for the interleaved ("loop") schedules
     ddp_bucket_mb: float = 25.0  # DDP gradient bucket size (PyTorch's default)
 
     @property
-    def world_size(self) -> int:
+    def n_ranks(self) -> int:
         return self.dp * self.tp * self.pp
 
 
@@ -71,6 +75,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 0.0  # max global gradient norm (0 = no clipping; the norm is still reported)
+    activation_checkpointing: str = "none"  # none | selective | full
 
     @property
     def measured_steps(self) -> int:
@@ -91,6 +96,7 @@ class DebugConfig:
 
     fail_at_step: int = -1  # raise an error on this step (-1: never)
     nan_at_step: int = -1  # make this step's loss NaN (-1: never)
+    dump_params: str = ""  # write the final, unsharded parameters here (torch.save; tests)
 
 
 @dataclass

@@ -32,7 +32,7 @@ class DistContext:
         return self.rank == 0
 
 
-def _resolve_device(requested: str, local_rank: int) -> torch.device:
+def resolve_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("`device` is 'cuda', but no CUDA device is available; valid: cpu.")
@@ -53,12 +53,12 @@ def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
     rank = int(env.get("RANK", "0"))
     local_rank = int(env.get("LOCAL_RANK", str(rank)))
     local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
-    if world != cfg.parallel.world_size:
+    if world != cfg.parallel.n_ranks:
         raise ConfigError(
             f"the launcher started {world} process(es), but parallel.dp * parallel.tp * "
-            f"parallel.pp = {cfg.parallel.world_size}; start that many ranks."
+            f"parallel.pp = {cfg.parallel.n_ranks}; start that many ranks."
         )
-    device = _resolve_device(cfg.device, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -139,6 +139,8 @@ def launch(
     cmd: Sequence[str], *, nproc: int, log_dir: str | Path, timeout_s: float, attempts: int = 3
 ) -> LaunchResult:
     """Run ``cmd`` as ``nproc`` ranks; logs go to ``log_dir/rank<i>.log``."""
+    if nproc < 1:
+        raise ValueError(f"`nproc` must be >= 1, but got {nproc}.")
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

@@ -62,7 +62,9 @@ def build_result(
     records = sorted(records, key=lambda r: r.rank)
     n_steps = min(len(r.losses) for r in records)
     # data-parallel ranks hold equal shares of the global batch: the global mean is their mean
-    losses = [_mean([r.losses[s] for r in records]) for s in range(n_steps)]
+    # (tensor-parallel peers hold the same value; only last pipeline stages compute a loss)
+    with_loss = [r for r in records if r.has_loss]
+    losses = [_mean([r.losses[s] for r in with_loss]) for s in range(n_steps)]
     step_times = [max(r.step_times_s[s] for r in records) for s in range(n_steps)]
     diverged = [r.diverged_at for r in records if r.diverged_at is not None]
     tokens_per_step = cfg.train.global_batch * cfg.model.seq_len
@@ -76,7 +78,7 @@ def build_result(
         "loss_scale": records[0].loss_scale,
         "n_params": count_params(cfg.model)["total"],
         "flops_per_token": fpt,
-        "world_size": cfg.parallel.world_size,
+        "world_size": cfg.parallel.n_ranks,
         "tokens_per_step": tokens_per_step,
         "device": device.type,
         "backend": "nccl" if device.type == "cuda" else "gloo",
@@ -117,7 +119,7 @@ def build_result(
             "comm": comm["kinds"],
             "comm_unknown_dtypes": sorted({d for r in records for d in r.unknown_comm_dtypes}),
             "peak_flops_per_device": peak_flops,
-            "mfu": achieved / (peak_flops * cfg.parallel.world_size) if peak_flops else None,
+            "mfu": achieved / (peak_flops * cfg.parallel.n_ranks) if peak_flops else None,
             "final_loss": losses[-1],
         }
     )

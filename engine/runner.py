@@ -50,7 +50,7 @@ def _gather(record: RankRecord, ctx: edist.DistContext) -> list[RankRecord]:
 
 def run(cfg: RunConfig) -> dict | None:
     """Run this rank; rank 0 returns (and writes, if ``cfg.out``) the result, others None."""
-    validate(cfg)
+    cfg = validate(cfg)
     ctx = edist.init(cfg)
     try:
         record = train(cfg, ctx)

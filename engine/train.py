@@ -8,18 +8,20 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from engine import parallelize
 from engine.config import RunConfig
 from engine.data import SyntheticTokens
 from engine.dist import DistContext
+from engine.mesh import build_mesh
 from engine.metrics import comm
 from engine.metrics.memory import PeakMemory
 from engine.metrics.timing import Stopwatch
-from engine.model import GPT
 from engine.parallel import data as dp_wrap
+from engine.parallel.grad_norm import clip_, total_norm
 from engine.precision import Precision
+from engine.state import gather_full_state
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class RankRecord:
     """What one rank measured; rank 0 gathers these from every rank."""
 
     rank: int
+    has_loss: bool = True  # False on pipeline stages that do not compute the loss
     losses: list[float] = field(default_factory=list)  # this rank's mean loss per step
     step_times_s: list[float] = field(default_factory=list)
     data_times_s: list[float] = field(default_factory=list)
@@ -47,12 +50,6 @@ class RankRecord:
     comm: dict | None = None  # per profiled step
     unknown_comm_dtypes: list[str] = field(default_factory=list)
     diverged_at: int | None = None
-
-
-def build_model(cfg: RunConfig, device: torch.device) -> GPT:
-    """The same initial weights on every rank and in the single-process reference."""
-    torch.manual_seed(cfg.train.seed)
-    return GPT(cfg.model).to(device)
 
 
 def profile_window(cfg: RunConfig) -> tuple[int, int]:
@@ -68,24 +65,19 @@ def _profiler(device: torch.device) -> profile:
     return profile(activities=activities, record_shapes=True)
 
 
-def _total_norm(params: list[torch.nn.Parameter], clip: float) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
-    return torch.nn.utils.get_total_norm(grads)
-
-
 def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
     t, device = cfg.train, ctx.device
-    model = dp_wrap.apply_data_parallel(build_model(cfg, device), cfg.parallel, device)
-    params = list(dp_wrap.parameters(model))
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    mesh = build_mesh(cfg.parallel, ctx)
     precision = Precision(t.precision, device)
+    stepper = parallelize.build(cfg, mesh, device, precision)
+    params = stepper.parameters()
+    optimizer = dp_wrap.make_optimizer(
+        params, cfg.parallel, mesh, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+    )
     data = SyntheticTokens(cfg.model.vocab_size, cfg.model.seq_len, t.seed, t.global_batch)
-    dp_rank = ctx.rank  # every rank is a data-parallel rank while tp = pp = 1
     memory, watch, data_watch = PeakMemory(device), Stopwatch(device), Stopwatch(device)
     prof_start, prof_end = profile_window(cfg)
-    record = RankRecord(rank=ctx.rank)
+    record = RankRecord(rank=ctx.rank, has_loss=stepper.has_loss)
     prof, consecutive_skips = None, 0
 
     for step in range(t.steps):
@@ -99,37 +91,28 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
         watch.start()
         data_watch.start()
         micro = data.micro_batches(
-            step, dp_rank=dp_rank, dp=cfg.parallel.dp, micro_batch=t.micro_batch
+            step, dp_rank=mesh.dp_rank, dp=mesh.dp, micro_batch=t.micro_batch
         )
         micro = [(x.to(device), y.to(device)) for x, y in micro]
         data_time = data_watch.stop()
-        loss_sum = torch.zeros((), device=device)
-        for i, (x, y) in enumerate(micro):
-            last = i == len(micro) - 1
-            with dp_wrap.no_sync(model, last_micro_batch=last):
-                with precision.autocast():
-                    logits = model(x)  # (B, T, vocab)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / len(micro)
-                if step == cfg.debug.nan_at_step:
-                    loss = loss * float("nan")
-                precision.scale(loss).backward()
-            loss_sum += loss.detach()
+        loss = stepper.run(micro, corrupt=step == cfg.debug.nan_at_step)
         if step == cfg.debug.fail_at_step:
             raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")
         precision.unscale(optimizer)
-        norm = _total_norm(params, t.grad_clip)
+        norm = total_norm(params, mesh, device)
+        clip_(params, norm, t.grad_clip)
         applied = precision.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         step_time = watch.stop()
 
-        record.losses.append(loss_sum.item())
+        record.losses.append(loss.item() if loss is not None else float("nan"))
         record.grad_norms.append(norm.item())
         record.step_times_s.append(step_time)
         record.data_times_s.append(data_time)
         consecutive_skips = 0 if applied else consecutive_skips + 1
         record.skipped_steps += 0 if applied else 1
-        # gradients are identical on every data-parallel rank after the all-reduce, so every
-        # rank reaches the same verdict on the same step without an extra collective
+        # the norm is global (reduced over every split of the parameters), so every rank
+        # reaches the same verdict on the same step without another collective
         diverged = not math.isfinite(record.grad_norms[-1])
         if precision.scaler is not None:
             diverged = consecutive_skips >= MAX_CONSECUTIVE_SKIPS
@@ -148,5 +131,9 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
             prof.__exit__(None, None, None)
     if not record.memory:
         record.memory = memory.read()
+    if cfg.debug.dump_params:
+        state = gather_full_state(stepper.modules, initialized=ctx.initialized)
+        if ctx.is_main:
+            torch.save(state, cfg.debug.dump_params)
     record.loss_scale = precision.loss_scale
     return record

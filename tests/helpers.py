@@ -28,13 +28,13 @@ def tiny_config(**sections: dict[str, Any]) -> RunConfig:
 
 
 def run_engine(cfg: RunConfig, workdir: Path, *, timeout_s: float = 240) -> dict[str, Any]:
-    """Launch the engine as cfg.parallel.world_size processes; return rank 0's result JSON."""
+    """Launch the engine as cfg.parallel.n_ranks  processes; return rank 0's result JSON."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig.from_dict({**cfg.to_dict(), "out": str(workdir / "result.json")})
     path = workdir / "config.json"
     path.write_text(cfg.to_json())
     res = launch(
-        engine_command(path), nproc=cfg.parallel.world_size, log_dir=workdir, timeout_s=timeout_s
+        engine_command(path), nproc=cfg.parallel.n_ranks, log_dir=workdir, timeout_s=timeout_s
     )
     logs = "\n".join(p.read_text() for p in res.log_paths)
     assert res.ok, f"engine failed: exit codes {res.returncodes}\n{logs[-4000:]}"

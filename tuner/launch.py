@@ -41,7 +41,7 @@ class TrialOutcome:
 
 def check_machine(cfg: RunConfig, launcher: LauncherConfig) -> None:
     """Refuse a world size this machine cannot start, before launching anything."""
-    world = cfg.parallel.world_size
+    world = cfg.parallel.n_ranks
     if world > launcher.max_ranks:
         raise ConfigError(
             f"parallel.dp * parallel.tp * parallel.pp = {world} ranks, but at most "
@@ -95,7 +95,7 @@ def run_trial(cfg: RunConfig, *, trial_dir: Path, launcher: LauncherConfig) -> T
     write_json_atomic(config_path, cfg.to_dict())
     launched = launch(
         engine_command(config_path),
-        nproc=cfg.parallel.world_size,
+        nproc=cfg.parallel.n_ranks,
         log_dir=trial_dir,
         timeout_s=launcher.timeout_s,
     )

@@ -10,7 +10,7 @@ A space mirrors the config's nesting. Each leaf is a list of choices (categorica
 from __future__ import annotations
 
 import itertools
-import math
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,8 @@ from optuna.distributions import (
 )
 
 from engine.config import ConfigError, RunConfig
-from engine.validate import validate_values
+from engine.parallel.pipeline import SCHEDULES
+from engine.validate import resolve, validate_values
 from tuner.config import replace_keys, run_keys
 
 _RANGE_KEYS = {"low", "high", "step", "log"}
@@ -46,10 +47,22 @@ class SearchSpace:
         return total
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every configuration of an all-categorical space (for feasibility checks)."""
+        """Every parameter set of a finite space."""
         keys = list(self.distributions)
-        choices = [self.distributions[k].choices for k in keys]  # type: ignore[attr-defined]
-        return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
+        values = []
+        for k in keys:
+            d = self.distributions[k]
+            if isinstance(d, CategoricalDistribution):
+                values.append(list(d.choices))
+            else:  # a finite (non-log) integer range; `size` is None for anything else
+                values.append(list(range(d.low, d.high + 1, d.step)))  # type: ignore[attr-defined]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+    def distinct_layouts(self, base: RunConfig, *, limit: int = 50_000) -> set[str] | None:
+        """The distinct runs a finite space can launch (None when infinite or too large)."""
+        if self.size is None or self.size > limit:
+            return None
+        return {layout_key(base, params) for params in self.grid()}
 
 
 def _leaves(node: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -139,14 +152,20 @@ def build(space: dict[str, Any], base: RunConfig) -> SearchSpace:
     return SearchSpace(dists)
 
 
-def params_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for k in a:
-        x, y = a[k], b[k]
-        if isinstance(x, float) or isinstance(y, float):
-            if not math.isclose(float(x), float(y), rel_tol=1e-12):
-                return False
-        elif x != y:
-            return False
-    return True
+def layout_key(base: RunConfig, params: dict[str, Any]) -> str:
+    """What a trial actually runs, with knobs that have no effect in its layout normalised
+    (e.g. the pipeline schedule when pp = 1), so that two parameter sets that launch the same
+    run are recognised as one configuration."""
+    try:
+        cfg = resolve(replace_keys(base, params))
+    except (ConfigError, KeyError, TypeError):
+        return json.dumps({"params": params}, sort_keys=True, default=str)
+    data = cfg.to_dict()
+    p = data["parallel"]
+    p["world_size"] = 0  # resolved into dp
+    if p["pp"] == 1:
+        p["pp_schedule"], p["pp_virtual_stages"] = "", 1
+    elif p["pp_schedule"] in SCHEDULES and SCHEDULES[p["pp_schedule"]].placement == "single":
+        p["pp_virtual_stages"] = 1
+    data["out"], data["debug"]["dump_params"] = "", ""
+    return json.dumps(data, sort_keys=True, default=str)

@@ -15,6 +15,14 @@ def format_run(r: dict[str, Any]) -> str:
     cfg = r["config"]
     p, t, m = cfg["parallel"], cfg["train"], cfg["model"]
     layout = f"dp={p['dp']} tp={p['tp']} pp={p['pp']} zero={p['zero']}"
+    if p["sp"]:
+        layout += " sp"
+    if p["pp"] > 1:
+        layout += f" {p['pp_schedule']}"
+        if p["pp_virtual_stages"] > 1:
+            layout += f"x{p['pp_virtual_stages']}"
+    if t["activation_checkpointing"] != "none":
+        layout += f" ac={t['activation_checkpointing']}"
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
     losses = r["losses"]
     lines = [

@@ -30,6 +30,7 @@ from tuner.study import (
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+LAYOUT_ATTR = "layout_key"  # the configuration a trial runs, normalised (space.layout_key)
 # a sampler that keeps proposing measured layouts has converged (or the space is tiny)
 MAX_DUPLICATES_IN_A_ROW = 30
 
@@ -51,9 +52,10 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
-def _earlier_same(study: optuna.Study, params: dict[str, Any], number: int) -> FrozenTrial | None:
+def _earlier_same(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
+    """An earlier measured trial that ran the same configuration (see space.layout_key)."""
     for t in study.get_trials(deepcopy=False, states=FINISHED):
-        if t.number != number and _counts(t) and space_mod.params_equal(t.params, params):
+        if t.number != number and _counts(t) and t.user_attrs.get(LAYOUT_ATTR) == key:
             return t
     return None
 
@@ -100,7 +102,7 @@ def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> st
     """Record a repeat of ``earlier`` without running it again (Optuna's advice for duplicates)."""
     trial.set_user_attr("duplicate_of", earlier.number)
     for key, value in earlier.user_attrs.items():
-        if key not in (WORKER_ATTR, "duplicate_of"):
+        if key not in (WORKER_ATTR, "duplicate_of", LAYOUT_ATTR):
             trial.set_user_attr(key, value)
     if earlier.state == TrialState.COMPLETE:
         tell(study, trial, earlier.values)
@@ -136,7 +138,9 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
             break
         trial = study.ask(space.distributions)
         trial.set_user_attr(WORKER_ATTR, worker_id())
-        earlier = _earlier_same(study, trial.params, trial.number)
+        key = space_mod.layout_key(cfg.run, trial.params)
+        trial.set_user_attr(LAYOUT_ATTR, key)
+        earlier = _earlier_same(study, key, trial.number)
         if earlier is not None:
             repeats += 1
             progress.line(study, trial, _reuse(study, trial, earlier))
@@ -152,7 +156,7 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
 def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -> str:
     run_cfg = replace_keys(cfg.run, trial.params)
     try:
-        validate(run_cfg)
+        run_cfg = validate(run_cfg)
         check_machine(run_cfg, cfg.launcher)
     except ConfigError as err:
         trial.set_user_attr("fail_reason", "infeasible")

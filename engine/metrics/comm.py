@@ -73,9 +73,9 @@ class CommSummary:
 def _message_bytes(event: Any, unknown: set[str]) -> int:
     total = 0
     for shape, dtype in zip(event.input_shapes or [], getattr(event, "input_dtypes", []) or []):
-        if not shape:
+        if not dtype:  # not a tensor argument
             continue
-        numel = 1
+        numel = 1  # a 0-d tensor has shape [] and one element
         for dim in shape:
             numel *= dim
         if dtype not in _DTYPE_BYTES:

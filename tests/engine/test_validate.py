@@ -16,7 +16,46 @@ def test_defaults_are_valid():
     [
         ({"parallel": {"dp": 0}}, ["parallel.dp", "0"]),
         ({"parallel": {"dp": 3}}, ["train.global_batch", "parallel.dp=3"]),
-        ({"parallel": {"tp": 2}}, ["parallel.tp", "[1]"]),
+        (
+            {"parallel": {"tp": 3}, "train": {"micro_batch": 8}},
+            ["parallel.tp`=3", "model.n_heads=4", "[1, 2, 4]"],
+        ),
+        ({"parallel": {"sp": True}}, ["parallel.sp=true", "parallel.tp=1"]),
+        ({"parallel": {"zero": 2}}, ["parallel.zero`=2", "parallel.dp=1"]),
+        (
+            {"parallel": {"zero": 1, "dp": 2, "tp": 2}},
+            ["parallel.zero=1", "valid: parallel.zero 0, 2 or 3"],
+        ),
+        (
+            {"parallel": {"pp": 8}, "train": {"micro_batch": 1}},
+            ["8 pipeline stages", "model.n_layers=4"],
+        ),
+        (
+            {"parallel": {"pp": 2}, "train": {"micro_batch": 8}},
+            ["1f1b", "at least 2 micro-batches", "= 1"],
+        ),
+        (
+            {"parallel": {"pp": 2, "pp_virtual_stages": 2}, "train": {"micro_batch": 2}},
+            ["parallel.pp_virtual_stages`=2", "interleaved_1f1b"],
+        ),
+        ({"parallel": {"pp_schedule": "zigzag"}}, ["parallel.pp_schedule", "zigzag", "gpipe"]),
+        (
+            {
+                "parallel": {"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_virtual_stages": 4},
+                "train": {"micro_batch": 1},
+            },
+            ["8 pipeline stages"],
+        ),
+        ({"parallel": {"dp": 2, "zero": 3}, "train": {"precision": "fp16"}}, ["fp16", "bf16"]),
+        (
+            {"parallel": {"world_size": 4, "dp": 2}},
+            ["= 2", "parallel.world_size=4", "parallel.dp=0"],
+        ),
+        ({"parallel": {"world_size": 4, "dp": 0, "tp": 3}}, ["does not divide", "[1, 2, 4]"]),
+        (
+            {"train": {"activation_checkpointing": "some"}},
+            ["train.activation_checkpointing", "selective"],
+        ),
         ({"train": {"precision": "fp8"}}, ["train.precision", "fp8", "bf16"]),
         ({"train": {"micro_batch": 3}}, ["train.micro_batch=3", "valid train.micro_batch"]),
         ({"train": {"steps": 2, "warmup_steps": 2}}, ["train.steps", "train.warmup_steps"]),
@@ -37,6 +76,39 @@ def test_unknown_key_in_json_config_is_refused():
     data["train"]["stpes"] = 3
     with pytest.raises(ConfigError, match=r"train\.stpes"):
         RunConfig.from_dict(data)
+
+
+def test_dp_zero_is_derived_from_the_world_size():
+    cfg = validate(
+        tiny_config(parallel={"world_size": 4, "dp": 0, "tp": 2}, train={"micro_batch": 2})
+    )
+    assert (cfg.parallel.dp, cfg.parallel.tp, cfg.parallel.n_ranks) == (2, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "parallel",
+    [{"dp": 2, "zero": z} for z in (0, 1, 2, 3)]
+    + [{"tp": 2, "sp": sp} for sp in (False, True)]
+    + [
+        {
+            "pp": 2,
+            "pp_schedule": s,
+            "pp_virtual_stages": 2 if s.startswith(("interleaved", "looped")) else 1,
+        }
+        for s in (
+            "gpipe",
+            "1f1b",
+            "interleaved_1f1b",
+            "looped_bfs",
+            "interleaved_zero_bubble",
+            "zbv_zero_bubble",
+            "dualpipev",
+        )
+    ]
+    + [{"dp": 2, "tp": 2, "zero": 3}, {"dp": 2, "pp": 2}, {"tp": 2, "pp": 2}],
+)
+def test_every_supported_layout_validates_on_tiny(parallel):
+    validate(tiny_config(parallel=parallel, train={"micro_batch": 1}))
 
 
 def test_json_round_trip():

@@ -18,7 +18,7 @@ from tests.helpers import cli
             ["16", "launcher.max_ranks"],
         ),
         (["sweep", "sweep.n_trials=0"], ["sweep.n_trials"]),
-        (["sweep", "space.parallel.dp=[1,0]"], ["space.parallel.dp", "0"]),
+        (["sweep", "space.parallel.dp=[1,-1]"], ["space.parallel.dp", "-1"]),
         (["report", "sweep.name=never_ran"], ["never_ran"]),
         (["launch"], ["launch", "sweep, run, report"]),
     ],

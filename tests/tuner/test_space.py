@@ -38,7 +38,7 @@ def test_ranges_become_int_and_float_distributions():
         ({"train": {"micro_bach": [1, 2]}}, ["space.train.micro_bach", "train.micro_batch"]),
         ({"train": {"precision": ["fp32", "fp8"]}}, ["space.train.precision", "fp8"]),
         ({"parallel": {"dp": [1, "two"]}}, ["space.parallel.dp", "'two'", "int"]),
-        ({"parallel": {"dp": [0, 2]}}, ["space.parallel.dp", "0"]),
+        ({"parallel": {"dp": [-1, 2]}}, ["space.parallel.dp", "-1"]),
         ({"parallel": {"dp": []}}, ["space.parallel.dp", "at least one"]),
         ({"train": {"lr": {"low": 1.0, "high": 0.1}}}, ["space.train.lr", "low <= high"]),
         ({}, ["space", "empty"]),

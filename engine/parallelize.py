@@ -1,0 +1,149 @@
+"""Builds this rank's share of the model for a layout, and the step function that trains it.
+
+Order (torchtitan's): pipeline split -> tensor parallel -> activation checkpointing -> data
+parallel / ZeRO. Every rank first builds the full model from the same seed, so every layout
+starts from the reference's exact weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from engine.config import RunConfig
+from engine.mesh import Mesh
+from engine.model import GPT
+from engine.parallel import data as dp_wrap
+from engine.parallel import pipeline as pp_mod
+from engine.parallel.activation import apply_activation_checkpointing
+from engine.parallel.tensor import apply_tensor_parallel, loss_context
+from engine.precision import Precision
+
+Batch = list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) micro-batches, (B, T) each
+
+
+def build_model(cfg: RunConfig, device: torch.device) -> GPT:
+    """The same initial weights on every rank and in the single-process reference."""
+    torch.manual_seed(cfg.train.seed)
+    return GPT(cfg.model).to(device)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+class PipelineLoss:
+    """The schedule's loss function; ``corrupt`` makes it NaN (debug.nan_at_step)."""
+
+    def __init__(self) -> None:
+        self.corrupt = False
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = cross_entropy(logits, targets)
+        return loss * float("nan") if self.corrupt else loss
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _shard(module: GPT, cfg: RunConfig, mesh: Mesh, device: torch.device) -> nn.Module:
+    if mesh.tp > 1:
+        apply_tensor_parallel(module, mesh.sub("tp"), sequence_parallel=cfg.parallel.sp)
+    apply_activation_checkpointing(module, cfg.train.activation_checkpointing)
+    return dp_wrap.apply_data_parallel(
+        module, cfg.parallel, mesh, device=device, precision=cfg.train.precision
+    )
+
+
+@dataclass
+class Stepper:
+    """Runs forward and backward of one optimizer step's micro-batches on this rank."""
+
+    modules: list[nn.Module]  # this rank's model parts (several with virtual pipeline stages)
+    precision: Precision
+    tp: int
+
+    @property
+    def has_loss(self) -> bool:
+        return True
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules for p in m.parameters()]
+
+    def run(self, micro: Batch, *, corrupt: bool) -> torch.Tensor | None:
+        model, total = self.modules[0], None
+        for i, (x, y) in enumerate(micro):
+            last = i == len(micro) - 1
+            with dp_wrap.no_sync(model, last_micro_batch=last), loss_context(self.tp):
+                with self.precision.autocast():
+                    logits = model(x)  # (B, T, vocab)
+                loss = cross_entropy(logits, y) / len(micro)
+                if corrupt:
+                    loss = loss * float("nan")
+                self.precision.scale(loss).backward()
+            part = _plain(loss.detach())
+            total = part if total is None else total + part
+        return total
+
+
+@dataclass
+class PipelineStepper(Stepper):
+    schedule: object = None
+    loss_fn: PipelineLoss | None = None
+    first: bool = False
+    last: bool = False
+
+    @property
+    def has_loss(self) -> bool:
+        return self.last
+
+    def run(self, micro: Batch, *, corrupt: bool) -> torch.Tensor | None:
+        x = torch.cat([m[0] for m in micro]) if self.first else None
+        y = torch.cat([m[1] for m in micro]) if self.last else None
+        losses: list[torch.Tensor] = []
+        self.loss_fn.corrupt = corrupt
+        with loss_context(self.tp), self.precision.autocast():
+            kwargs = {"target": y, "losses": losses} if self.last else {}
+            args = (x,) if self.first else ()
+            self.schedule.step(*args, **kwargs)
+        if not self.last:
+            return None
+        return torch.stack([_plain(v.detach()).float() for v in losses]).mean()
+
+
+def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision) -> Stepper:
+    full = build_model(cfg, device)
+    if mesh.pp == 1:
+        return Stepper([_shard(full, cfg, mesh, device)], precision, mesh.tp)
+    p = cfg.parallel
+    n_stages = p.pp * pp_mod.stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
+    layers = pp_mod.split_layers(cfg.model, n_stages)
+    ids = pp_mod.local_stage_ids(mesh.pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+    modules, stages = [], []
+    for sid in ids:
+        part = pp_mod.stage_module(full, layers[sid], first=sid == 0, last=sid == n_stages - 1)
+        part = _shard(part, cfg, mesh, device)
+        modules.append(part)
+        stages.append(
+            pp_mod.make_stage(
+                part, stage_id=sid, n_stages=n_stages, device=device, group=mesh.group("pp")
+            )
+        )
+    del full
+    n_micro = cfg.train.global_batch // (p.dp * cfg.train.micro_batch)
+    loss_fn = PipelineLoss()
+    schedule = pp_mod.make_schedule(p.pp_schedule, stages, n_microbatches=n_micro, loss_fn=loss_fn)
+    return PipelineStepper(
+        modules,
+        precision,
+        mesh.tp,
+        schedule=schedule,
+        loss_fn=loss_fn,
+        first=0 in ids,
+        last=n_stages - 1 in ids,
+    )

@@ -1,0 +1,92 @@
+"""The contract: every parallel layout trains exactly like the single-process reference.
+
+Same initial weights, same global batches, 6 steps, fp32: losses within 1e-5 and final
+parameters within 5e-5 (Adam divides by the root of tiny second moments early on, which lifts
+rounding differences of ~1e-7 in the gradients to a few 1e-6 in the weights).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import ModelConfig
+from engine.model import GPT
+from tests.helpers import run_engine, tiny_config
+
+pytestmark = pytest.mark.slow
+STEPS = 6
+LOSS_ATOL = 1e-5
+PARAM_ATOL = 5e-5
+
+
+def _pp(schedule: str, **extra) -> dict:
+    virtual = 2 if schedule.startswith(("interleaved", "looped")) else 1
+    return {"pp": 2, "pp_schedule": schedule, "pp_virtual_stages": virtual, **extra}
+
+
+# id -> (parallel section, train overrides); micro_batch 2 gives every pipeline 2+ micro-batches
+LAYOUTS = {
+    "zero0-dp2": ({"dp": 2, "zero": 0}, {}),
+    "zero1-dp2": ({"dp": 2, "zero": 1}, {}),
+    "zero2-dp2": ({"dp": 2, "zero": 2}, {}),
+    "zero3-dp2": ({"dp": 2, "zero": 3}, {}),
+    "tp2": ({"tp": 2}, {}),
+    "tp2-sp": ({"tp": 2, "sp": True}, {}),
+    **{
+        f"pp2-{s}": (_pp(s), {})
+        for s in (
+            "gpipe",
+            "1f1b",
+            "interleaved_1f1b",
+            "looped_bfs",
+            "interleaved_zero_bubble",
+            "zbv_zero_bubble",
+            "dualpipev",
+        )
+    },
+    "dp2-tp2": ({"dp": 2, "tp": 2}, {}),
+    "dp2-pp2": ({"dp": 2, "pp": 2}, {"micro_batch": 1}),
+    "tp2-pp2-sp": ({"tp": 2, "pp": 2, "sp": True}, {}),
+    "zero3-dp2-tp2": ({"dp": 2, "tp": 2, "zero": 3}, {}),
+    "zero2-dp2-pp2": ({"dp": 2, "pp": 2, "zero": 2}, {"micro_batch": 1}),
+    "dp2-ac-full": ({"dp": 2}, {"activation_checkpointing": "full"}),
+    "dp2-ac-selective": ({"dp": 2}, {"activation_checkpointing": "selective"}),
+    "tp2-ac-full-accumulate": ({"tp": 2}, {"activation_checkpointing": "full", "micro_batch": 1}),
+}
+
+
+def _run(tmp, parallel: dict, train: dict) -> tuple[dict, dict]:
+    cfg = tiny_config(
+        parallel=parallel,
+        train={"steps": STEPS, "global_batch": 8, "micro_batch": 2, **train},
+        debug={"dump_params": str(tmp / "params.pt")},
+    )
+    result = run_engine(cfg, tmp)
+    return result, torch.load(tmp / "params.pt")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, the whole global batch in one micro-batch."""
+    return _run(tmp_path_factory.mktemp("reference"), {}, {"micro_batch": 8})
+
+
+def test_reference_trains(reference):
+    result, params = reference
+    torch.manual_seed(0)
+    initial = GPT(ModelConfig()).state_dict()
+    moved = max((params[k] - initial[k]).abs().max().item() for k in params)
+    assert moved > 20 * PARAM_ATOL  # the tolerances below are small next to what training did
+    assert len(result["losses"]) == STEPS
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+def test_layout_equals_reference(reference, tmp_path, layout):
+    parallel, train = LAYOUTS[layout]
+    result, params = _run(tmp_path, parallel, train)
+    ref_result, ref_params = reference
+    torch.testing.assert_close(result["losses"], ref_result["losses"], rtol=0, atol=LOSS_ATOL)
+    assert sorted(params) == sorted(ref_params)
+    for name, value in ref_params.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=PARAM_ATOL, msg=name)
