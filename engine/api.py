@@ -5,9 +5,10 @@
         loss = engine.train_batch((inputs, targets))
 
 Run it under torchrun (or any launcher that sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT), with
-dp * tp processes. Tensor parallelism needs a plan for the model's layers (``tp_plan``: module
-name -> DTensor ParallelStyle, as for ``parallelize_module``); pipeline parallelism is not
-offered here yet: it needs a stage split of the model, which the built-in GPT has.
+dp * tp * pp processes. Tensor parallelism needs a plan for the model's layers (``tp_plan``:
+module name -> DTensor ParallelStyle, as for ``parallelize_module``); pipeline parallelism
+needs a split (``pp_split(model, stage, n_stages) -> the stage's module``, whose outputs feed
+the next stage's forward) and runs ``parallel.pp_schedule``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.pipelining import PipelineStage
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
@@ -29,8 +31,13 @@ from engine.config import PRECISIONS, ConfigError, ParallelConfig, RunConfig
 from engine.mesh import Mesh, build_mesh
 from engine.parallel import data as dp_wrap
 from engine.parallel.grad_norm import clip_, total_norm
+from engine.parallel.pipeline import SCHEDULES
 from engine.precision import Precision
 from engine.validate import ZERO_STAGES
+
+
+def _contains(root: nn.Module, module: nn.Module) -> bool:
+    return any(m is module for m in root.modules())
 
 
 def token_cross_entropy(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -47,22 +54,29 @@ class EngineConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.1
     grad_clip: float = 0.0  # 0 = no clipping
+    pp_microbatches: int = 2  # micro-batches per step under pipeline parallelism
     device: str = "auto"
 
     def check(self, world_size: int) -> None:
         p = self.parallel
-        if p.pp != 1:
-            raise ConfigError("`parallel.pp` must be 1 in library use (no stage split is known).")
         if p.zero not in ZERO_STAGES:
             raise ConfigError(f"`parallel.zero` must be one of {ZERO_STAGES}, got {p.zero}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"`precision` must be one of {PRECISIONS}, got {self.precision!r}.")
-        if p.dp * p.tp != world_size:
+        if p.n_ranks != world_size:
             raise ConfigError(
-                f"parallel.dp * parallel.tp = {p.dp * p.tp}, but {world_size} processes run."
+                f"parallel.dp * parallel.tp * parallel.pp = {p.n_ranks}, but {world_size} "
+                "processes run."
             )
-        if self.precision == "fp16" and (p.zero >= 2 or p.tp > 1):
-            raise ConfigError("fp16 loss scaling runs with zero 0/1 and tp=1 only; use bf16.")
+        if p.pp > 1 and SCHEDULES[p.pp_schedule].placement != "single":
+            raise ConfigError(
+                "library use runs one pipeline stage per rank; valid parallel.pp_schedule: "
+                f"{[k for k, v in SCHEDULES.items() if v.placement == 'single']}."
+            )
+        if p.zero == 1 and (p.tp > 1 or p.pp > 1):
+            raise ConfigError("`parallel.zero=1` cannot combine with tp or pp; use zero 0, 2, 3.")
+        if self.precision == "fp16" and (p.zero >= 2 or p.tp > 1 or p.pp > 1):
+            raise ConfigError("fp16 loss scaling runs with zero 0/1, tp=1, pp=1 only; use bf16.")
 
 
 class Engine:
@@ -75,6 +89,7 @@ class Engine:
         *,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = token_cross_entropy,
         tp_plan: dict | None = None,
+        pp_split: Callable[[nn.Module, int, int], nn.Module] | None = None,
         shard_units: list[nn.Module] | None = None,
     ) -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -85,6 +100,12 @@ class Engine:
         self.ctx = edist.init(run) if not dist.is_initialized() else self._joined(run)
         self.mesh: Mesh = build_mesh(config.parallel, self.ctx)
         self.config, self.loss_fn = config, loss_fn
+        self.schedule = None
+        if self.mesh.pp > 1:
+            if pp_split is None:
+                raise ConfigError("`parallel.pp` > 1 needs `pp_split` for this model.")
+            model = pp_split(model, self.mesh.pp_rank, self.mesh.pp)
+            shard_units = [u for u in shard_units or [] if _contains(model, u)]
         model = model.to(self.ctx.device)
         if self.mesh.tp > 1:
             if not tp_plan:
@@ -98,6 +119,17 @@ class Engine:
             precision=config.precision,
             units=shard_units or [],
         )
+        if self.mesh.pp > 1:
+            stage = PipelineStage(
+                self.model,
+                self.mesh.pp_rank,
+                self.mesh.pp,
+                self.ctx.device,
+                group=self.mesh.group("pp"),
+            )
+            self.schedule = SCHEDULES[config.parallel.pp_schedule].cls(
+                stage, n_microbatches=config.pp_microbatches, loss_fn=loss_fn, scale_grads=True
+            )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.precision = Precision(config.precision, self.ctx.device)
         self.optimizer = dp_wrap.make_optimizer(
@@ -121,10 +153,27 @@ class Engine:
     def dp_rank(self) -> int:
         return self.mesh.dp_rank
 
+    def _pipeline_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses: list[torch.Tensor] = []
+        first, last = self.mesh.first_stage, self.mesh.last_stage
+        with self.precision.autocast():
+            args = (inputs,) if first else ()
+            kwargs = {"target": targets, "losses": losses} if last else {}
+            self.schedule.step(*args, **kwargs)
+        total = torch.zeros((), device=self.ctx.device)
+        if last:
+            total = torch.stack([v.detach().float() for v in losses]).mean()
+        # every stage returns the loss: the last stage sends it back along the pipeline
+        dist.broadcast(total, group=self.mesh.group("pp"), group_src=self.mesh.pp - 1)
+        return total
+
     def train_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
         """One optimizer step on this rank's (inputs, targets); returns the mean loss over all
-        data-parallel ranks."""
+        data-parallel ranks. Under pipeline parallelism every stage passes the batch; the first
+        stage uses the inputs, the last the targets."""
         inputs, targets = (t.to(self.ctx.device) for t in batch)
+        if self.schedule is not None:
+            return self._finish_step(self._pipeline_step(inputs, targets))
         size = self.config.micro_batch or inputs.shape[0]
         chunks = list(zip(inputs.split(size), targets.split(size)))
         total = torch.zeros((), device=self.ctx.device)
@@ -136,6 +185,9 @@ class Engine:
                 self.precision.scale(loss).backward()
             part = loss.detach()
             total += part.full_tensor() if isinstance(part, DTensor) else part
+        return self._finish_step(total)
+
+    def _finish_step(self, total: torch.Tensor) -> float:
         self.precision.unscale(self.optimizer)
         norm = total_norm(self.params, self.mesh, self.ctx.device)
         clip_(self.params, norm, self.config.grad_clip)

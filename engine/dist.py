@@ -78,4 +78,7 @@ def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
 
 def close(ctx: DistContext) -> None:
     if ctx.initialized and dist.is_initialized():
+        # let every rank finish its last collectives before the group goes away; tearing it
+        # down under a peer's in-flight operation was seen to abort gloo ranks at exit
+        dist.barrier()
         dist.destroy_process_group()

@@ -1,6 +1,8 @@
-"""Train your own model with paratune's engine as a library: data parallel, ZeRO 0-3.
+"""Train your own model with paratune's engine as a library: DP, ZeRO 0-3, TP and PP plans.
 
     torchrun --nproc-per-node 2 --master-addr 127.0.0.1 examples/custom_model.py --zero 3
+    torchrun --nproc-per-node 2 --master-addr 127.0.0.1 examples/custom_model.py --tp 2
+    torchrun --nproc-per-node 2 --master-addr 127.0.0.1 examples/custom_model.py --pp 2
     python examples/custom_model.py            # one process, the reference
 
 Each process feeds its own rows of every global batch; the printed losses are global-batch
@@ -15,6 +17,7 @@ import os
 
 import torch
 from torch import nn
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
 from engine import Engine, EngineConfig, ParallelConfig
 
@@ -29,6 +32,22 @@ class TinyRegressor(nn.Module):
         return self.out(self.body(x)).squeeze(-1)
 
 
+class Squeeze(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.squeeze(-1)
+
+
+# tensor parallelism: the first Linear split by output features, the second by input features
+# (one all-reduce per forward, Megatron-style)
+TP_PLAN = {"body.0": ColwiseParallel(), "body.2": RowwiseParallel()}
+
+
+def pp_split(model: TinyRegressor, stage: int, n_stages: int) -> nn.Module:
+    """Two pipeline stages: the body, then the output layer."""
+    assert n_stages == 2, "this example splits into exactly two stages"
+    return model.body if stage == 0 else nn.Sequential(model.out, Squeeze())
+
+
 def global_batch(step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(step)
     x = torch.randn(size, 32, generator=g)
@@ -38,16 +57,24 @@ def global_batch(step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--zero", type=int, default=0)
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--global-batch", type=int, default=16)
     args = parser.parse_args()
-    dp = int(os.environ.get("WORLD_SIZE", "1"))
+    dp = int(os.environ.get("WORLD_SIZE", "1")) // (args.tp * args.pp)
 
     torch.manual_seed(0)  # the same initial weights in every process
     model = TinyRegressor()
-    config = EngineConfig(parallel=ParallelConfig(dp=dp, zero=args.zero), micro_batch=4, lr=1e-3)
+    parallel = ParallelConfig(dp=dp, tp=args.tp, pp=args.pp, zero=args.zero, pp_schedule="gpipe")
+    config = EngineConfig(parallel=parallel, micro_batch=4, pp_microbatches=4, lr=1e-3)
     engine = Engine(
-        model, config, loss_fn=nn.functional.mse_loss, shard_units=list(model.body.children())
+        model,
+        config,
+        loss_fn=nn.functional.mse_loss,
+        tp_plan=TP_PLAN,
+        pp_split=pp_split,
+        shard_units=list(model.body.children()),
     )
     rows = args.global_batch // dp
     losses = []

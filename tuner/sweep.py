@@ -31,17 +31,23 @@ log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 LAYOUT_ATTR = "layout_key"  # the configuration a trial runs, normalised (space.layout_key)
-# a sampler that keeps proposing measured layouts has converged (or the space is tiny)
-MAX_DUPLICATES_IN_A_ROW = 30
+# a sampler that keeps proposing measured or infeasible layouts has converged, or the space
+# holds few runnable layouts
+MAX_UNPRODUCTIVE_IN_A_ROW = 50
 
 
-def _counts(t: FrozenTrial) -> bool:
-    """Trials that count toward sweep.n_trials: measured or decided, not repeats or interrupted."""
+def _decided(t: FrozenTrial) -> bool:
+    """A configuration settled by this trial: launched or pruned, not a repeat or interrupted."""
     return (
         t.state in FINISHED
         and "duplicate_of" not in t.user_attrs
         and t.user_attrs.get("fail_reason") != "interrupted"
     )
+
+
+def _counts(t: FrozenTrial) -> bool:
+    """Trials that count toward sweep.n_trials: launched ones (pruned layouts cost nothing)."""
+    return _decided(t) and t.state != TrialState.PRUNED
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
 def _earlier_same(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
     """An earlier measured trial that ran the same configuration (see space.layout_key)."""
     for t in study.get_trials(deepcopy=False, states=FINISHED):
-        if t.number != number and _counts(t) and t.user_attrs.get(LAYOUT_ATTR) == key:
+        if t.number != number and _decided(t) and t.user_attrs.get(LAYOUT_ATTR) == key:
             return t
     return None
 
@@ -121,19 +127,17 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     recover_interrupted(study)
     progress = Progress(cfg.sweep.n_trials, cfg.sweep.objectives[0], echo)
     echo(f"sweep {cfg.sweep.name}: searching {searched} -> {out}")
-    repeats = 0
+    repeats, layouts = 0, space.distinct_layouts(cfg.run)
     while sum(_counts(t) for t in study.get_trials(deepcopy=False)) < cfg.sweep.n_trials:
-        measured = [t.params for t in study.get_trials(deepcopy=False) if _counts(t)]
-        if (
-            space.size is not None
-            and len({tuple(sorted(p.items())) for p in measured}) >= space.size
-        ):
-            echo(f"every one of the {space.size} configurations has been tried")
+        trials = study.get_trials(deepcopy=False)
+        tried = {t.user_attrs.get(LAYOUT_ATTR) for t in trials if _decided(t)}
+        if layouts is not None and layouts <= tried:
+            echo(f"every one of the {len(layouts)} distinct configurations has been tried")
             break
-        if repeats >= MAX_DUPLICATES_IN_A_ROW:
+        if repeats >= MAX_UNPRODUCTIVE_IN_A_ROW:
             echo(
-                f"the sampler proposed only measured configurations {repeats} times in a row; "
-                "stopping"
+                f"the sampler proposed only measured or infeasible configurations {repeats} "
+                "times in a row; stopping"
             )
             break
         trial = study.ask(space.distributions)
@@ -145,8 +149,8 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
             repeats += 1
             progress.line(study, trial, _reuse(study, trial, earlier))
             continue
-        repeats = 0
         status = _run_one(cfg, study, trial, out)
+        repeats = repeats + 1 if status.startswith("pruned") else 0
         progress.line(study, trial, status)
     report = write_report(study, out)
     echo(f"report: {report}")
