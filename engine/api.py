@@ -75,8 +75,8 @@ class EngineConfig:
             )
         if p.zero == 1 and (p.tp > 1 or p.pp > 1):
             raise ConfigError("`parallel.zero=1` cannot combine with tp or pp; use zero 0, 2, 3.")
-        if self.precision == "fp16" and (p.zero >= 2 or p.tp > 1 or p.pp > 1):
-            raise ConfigError("fp16 loss scaling runs with zero 0/1, tp=1, pp=1 only; use bf16.")
+        if self.precision == "fp16" and p.pp > 1:
+            raise ConfigError("fp16 loss scaling is not offered with a user's pipeline; use bf16.")
 
 
 class Engine:

@@ -76,6 +76,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 0.0  # max global gradient norm (0 = no clipping; the norm is still reported)
     activation_checkpointing: str = "none"  # none | selective | full
+    reduce_dtype: str = "fp32"  # dtype of data-parallel gradient reduction: fp32 | bf16
+    loss_scale_growth_interval: int = 2000  # fp16: overflow-free steps before the scale doubles
 
     @property
     def measured_steps(self) -> int:
@@ -91,12 +93,23 @@ class MeasureConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Saving and resuming (torch.distributed.checkpoint; see engine/checkpoint.py)."""
+
+    dir: str = ""  # where checkpoints go ("" = no checkpoints)
+    every: int = 0  # save after every this many steps (0 = never)
+    keep: int = 2  # newest complete checkpoints kept
+    resume: bool = False  # continue from the newest complete checkpoint in `dir`
+
+
+@dataclass
 class DebugConfig:
     """Fault injection, so that failure handling can be tested on real runs."""
 
     fail_at_step: int = -1  # raise an error on this step (-1: never)
-    nan_at_step: int = -1  # make this step's loss NaN (-1: never)
+    nan_at_step: int = -1  # make every loss NaN from this step on (-1: never)
     dump_params: str = ""  # write the final, unsharded parameters here (torch.save; tests)
+    overflow_at_step: int = -1  # put an inf into one gradient on rank 0 at this step (fp16 tests)
 
 
 @dataclass
@@ -107,6 +120,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     device: str = "auto"  # auto: cuda when available, else cpu
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = look up (GPU) or measure (CPU)

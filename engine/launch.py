@@ -82,9 +82,10 @@ def _kill(proc: subprocess.Popen) -> None:
             continue
 
 
-def _start(
+def start_ranks(
     cmd: Sequence[str], nproc: int, port: int, log_dir: Path
 ) -> list[tuple[subprocess.Popen, Path]]:
+    """Start the ranks without waiting for them (``launch`` supervises them)."""
     procs = []
     for rank in range(nproc):
         path = log_dir / f"rank{rank}.log"
@@ -145,7 +146,7 @@ def launch(
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     for attempt in range(attempts):
-        procs = _start(cmd, nproc, free_port(), log_dir)
+        procs = start_ranks(cmd, nproc, free_port(), log_dir)
         codes, timed_out = _supervise(procs, timeout_s - (time.monotonic() - t0))
         paths = [path for _, path in procs]
         if timed_out or all(c == 0 for c in codes) or not _port_clash(paths):

@@ -37,13 +37,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class PipelineLoss:
-    """The schedule's loss function; ``corrupt`` makes it NaN (debug.nan_at_step)."""
+    """The schedule's loss function. ``scale``: fp16 loss scale (the schedule runs backward
+    itself, so scaling happens here); ``corrupt`` makes it NaN (debug.nan_at_step)."""
 
     def __init__(self) -> None:
         self.corrupt = False
+        self.scale = 1.0
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = cross_entropy(logits, targets)
+        loss = cross_entropy(logits, targets) * self.scale
         return loss * float("nan") if self.corrupt else loss
 
 
@@ -56,7 +58,12 @@ def _shard(module: GPT, cfg: RunConfig, mesh: Mesh, device: torch.device) -> nn.
         apply_tensor_parallel(module, mesh.sub("tp"), sequence_parallel=cfg.parallel.sp)
     apply_activation_checkpointing(module, cfg.train.activation_checkpointing)
     return dp_wrap.apply_data_parallel(
-        module, cfg.parallel, mesh, device=device, precision=cfg.train.precision
+        module,
+        cfg.parallel,
+        mesh,
+        device=device,
+        precision=cfg.train.precision,
+        reduce_dtype=cfg.train.reduce_dtype,
     )
 
 
@@ -107,13 +114,15 @@ class PipelineStepper(Stepper):
         y = torch.cat([m[1] for m in micro]) if self.last else None
         losses: list[torch.Tensor] = []
         self.loss_fn.corrupt = corrupt
+        self.loss_fn.scale = self.precision.loss_scale or 1.0
         with loss_context(self.tp), self.precision.autocast():
             kwargs = {"target": y, "losses": losses} if self.last else {}
             args = (x,) if self.first else ()
             self.schedule.step(*args, **kwargs)
         if not self.last:
             return None
-        return torch.stack([_plain(v.detach()).float() for v in losses]).mean()
+        losses = [_plain(v.detach()).float() / self.loss_fn.scale for v in losses]
+        return torch.stack(losses).mean()
 
 
 def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision) -> Stepper:

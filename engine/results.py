@@ -25,13 +25,15 @@ from engine.train import RankRecord, profile_window
 SCHEMA_VERSION = 1
 
 
-def timed_steps(cfg: RunConfig) -> tuple[list[int], bool]:
-    """Steps whose times enter the throughput statistics, and whether the profiler ran in them."""
-    prof_start, _ = profile_window(cfg)
-    steps = list(range(cfg.train.warmup_steps, prof_start))
+def timed_steps(cfg: RunConfig, first_step: int = 0) -> tuple[list[int], bool]:
+    """Indexes (into this run's per-step lists) of the steps whose times enter the throughput
+    statistics, and whether the profiler ran in them."""
+    prof_start, _ = profile_window(cfg, first_step)
+    warm = cfg.train.warmup_steps
+    steps = list(range(warm, prof_start - first_step))
     if steps:
         return steps, False
-    return list(range(cfg.train.warmup_steps, cfg.train.steps)), True
+    return list(range(warm, cfg.train.steps - first_step)), True
 
 
 def _mean(values: list[float]) -> float:
@@ -74,7 +76,9 @@ def build_result(
         "status": "nan" if diverged else "ok",
         "losses": losses,
         "grad_norms": [r for r in records[0].grad_norms[:n_steps]],
+        "first_step": records[0].first_step,
         "skipped_steps": records[0].skipped_steps,
+        "skipped_steps_per_rank": [r.skipped_steps for r in records],
         "loss_scale": records[0].loss_scale,
         "n_params": count_params(cfg.model)["total"],
         "flops_per_token": fpt,
@@ -90,7 +94,7 @@ def build_result(
         result["error"] = f"loss diverged (NaN/inf) at step {min(diverged)}"
         return result
 
-    steps, with_profiler = timed_steps(cfg)
+    steps, with_profiler = timed_steps(cfg, records[0].first_step)
     time_spread = Spread.of([step_times[s] for s in steps])
     tps = Spread.of([tokens_per_step / step_times[s] for s in steps])
     comm = _comm_average(records)
@@ -121,6 +125,12 @@ def build_result(
             "peak_flops_per_device": peak_flops,
             "mfu": achieved / (peak_flops * cfg.parallel.n_ranks) if peak_flops else None,
             "final_loss": losses[-1],
+            # checkpoint I/O, slowest rank: mean seconds per save, and the one load on resume
+            "ckpt_save_s": _mean(
+                [max(r.ckpt_save_s[i] for r in records) for i in range(len(records[0].ckpt_save_s))]
+            )
+            or None,
+            "ckpt_load_s": max((r.ckpt_load_s or 0.0) for r in records) or None,
         }
     )
     return result

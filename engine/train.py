@@ -8,10 +8,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from engine import parallelize
-from engine.config import RunConfig
+from engine.checkpoint import Checkpointer
+from engine.config import ConfigError, RunConfig
 from engine.data import SyntheticTokens
 from engine.dist import DistContext
 from engine.mesh import build_mesh
@@ -50,11 +51,16 @@ class RankRecord:
     comm: dict | None = None  # per profiled step
     unknown_comm_dtypes: list[str] = field(default_factory=list)
     diverged_at: int | None = None
+    first_step: int = 0  # > 0 when resumed from a checkpoint
+    ckpt_save_s: list[float] = field(default_factory=list)
+    ckpt_load_s: float | None = None
 
 
-def profile_window(cfg: RunConfig) -> tuple[int, int]:
-    """[first, last) steps run under the profiler: the last ``profile_steps`` measured steps."""
-    n = min(cfg.measure.profile_steps, cfg.train.measured_steps)
+def profile_window(cfg: RunConfig, first_step: int = 0) -> tuple[int, int]:
+    """[first, last) steps run under the profiler: the last ``profile_steps`` measured steps
+    of a run that starts at ``first_step`` (later than 0 when resumed)."""
+    measured = cfg.train.steps - first_step - cfg.train.warmup_steps
+    n = max(0, min(cfg.measure.profile_steps, measured))
     return cfg.train.steps - n, cfg.train.steps
 
 
@@ -65,10 +71,19 @@ def _profiler(device: torch.device) -> profile:
     return profile(activities=activities, record_shapes=True)
 
 
+def _poison_one_gradient(params: list[torch.nn.Parameter]) -> None:
+    """An overflow on one rank only: the loss scaler must notice it on every rank."""
+    for p in params:
+        if p.grad is not None:
+            grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            grad.view(-1)[0] = float("inf")
+            return
+
+
 def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
     t, device = cfg.train, ctx.device
     mesh = build_mesh(cfg.parallel, ctx)
-    precision = Precision(t.precision, device)
+    precision = Precision(t.precision, device, growth_interval=t.loss_scale_growth_interval)
     stepper = parallelize.build(cfg, mesh, device, precision)
     params = stepper.parameters()
     optimizer = dp_wrap.make_optimizer(
@@ -76,15 +91,26 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
     )
     data = SyntheticTokens(cfg.model.vocab_size, cfg.model.seq_len, t.seed, t.global_batch)
     memory, watch, data_watch = PeakMemory(device), Stopwatch(device), Stopwatch(device)
-    prof_start, prof_end = profile_window(cfg)
     record = RankRecord(rank=ctx.rank, has_loss=stepper.has_loss)
+    ckpt = None
+    if cfg.checkpoint.dir:
+        ckpt = Checkpointer(cfg, stepper.modules, optimizer, precision, rank=ctx.rank)
+    if cfg.checkpoint.resume:
+        record.first_step, record.ckpt_load_s = ckpt.load_latest()
+        if t.steps - record.first_step <= t.warmup_steps:
+            raise ConfigError(
+                f"resumed at step {record.first_step}: train.steps={t.steps} leaves no measured "
+                f"step after train.warmup_steps={t.warmup_steps}; raise train.steps."
+            )
+    first = record.first_step
+    prof_start, prof_end = profile_window(cfg, first)
     prof, consecutive_skips = None, 0
 
-    for step in range(t.steps):
-        if step == t.warmup_steps:
+    for step in range(first, t.steps):
+        if step == first + t.warmup_steps:
             memory.reset()
         if step == prof_start and prof_start < prof_end:
-            if step > t.warmup_steps:  # the profiler's own buffers must not count as the model's
+            if step > first + t.warmup_steps:  # the profiler's buffers are not the model's
                 record.memory = memory.read()
             prof = _profiler(device)
             prof.__enter__()
@@ -95,9 +121,12 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
         )
         micro = [(x.to(device), y.to(device)) for x, y in micro]
         data_time = data_watch.stop()
-        loss = stepper.run(micro, corrupt=step == cfg.debug.nan_at_step)
+        corrupt = 0 <= cfg.debug.nan_at_step <= step
+        loss = stepper.run(micro, corrupt=corrupt)
         if step == cfg.debug.fail_at_step:
             raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")
+        if step == cfg.debug.overflow_at_step and ctx.rank == 0:
+            _poison_one_gradient(params)
         precision.unscale(optimizer)
         norm = total_norm(params, mesh, device)
         clip_(params, norm, t.grad_clip)
@@ -119,6 +148,9 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
         if diverged:
             record.diverged_at = step
             break
+        if ckpt is not None and cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0:
+            with record_function(comm.EXCLUDED_REGION):  # outside the step's time and traffic
+                record.ckpt_save_s.append(ckpt.save(step + 1))
         if prof is not None and step == prof_end - 1:
             prof.__exit__(None, None, None)
             summary = comm.summarize(prof.events())

@@ -81,6 +81,8 @@ def validate_train(cfg: RunConfig) -> None:
     _positive("train.steps", t.steps)
     _one_of("train.precision", t.precision, PRECISIONS)
     _one_of("train.activation_checkpointing", t.activation_checkpointing, AC_MODES)
+    _one_of("train.reduce_dtype", t.reduce_dtype, ("fp32", "bf16"))
+    _positive("train.loss_scale_growth_interval", t.loss_scale_growth_interval)
     if not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
         raise ConfigError(f"`train.warmup_steps` must be >= 0, but got {t.warmup_steps!r}.")
     if t.grad_clip < 0:
@@ -93,8 +95,23 @@ def validate_train(cfg: RunConfig) -> None:
         raise ConfigError(f"`train.lr` must be > 0, but got train.lr={t.lr}.")
 
 
+def validate_checkpoint(cfg: RunConfig) -> None:
+    c = cfg.checkpoint
+    if c.every < 0 or c.keep < 1:
+        raise ConfigError(
+            f"`checkpoint.every` must be >= 0 and `checkpoint.keep` >= 1, but got "
+            f"checkpoint.every={c.every}, checkpoint.keep={c.keep}."
+        )
+    if (c.every or c.resume) and not c.dir:
+        raise ConfigError(
+            "`checkpoint.every` / `checkpoint.resume` need `checkpoint.dir`, but it is empty; "
+            "set checkpoint.dir=PATH."
+        )
+
+
 def validate_values(cfg: RunConfig) -> None:
     """Checks of each setting on its own (a search space's choices must all pass these)."""
+    validate_checkpoint(cfg)
     validate_model(cfg)
     validate_parallel(cfg)
     validate_train(cfg)
@@ -211,11 +228,10 @@ def _check_combinations(cfg: RunConfig) -> None:
             f"with tensor parallelism (DTensor parameters) or pipeline schedules (got "
             f"parallel.tp={p.tp}, parallel.pp={p.pp}); valid: parallel.zero 0, 2 or 3."
         )
-    if t.precision == "fp16" and (p.zero >= 2 or p.tp > 1 or p.pp > 1):
+    if t.reduce_dtype != "fp32" and p.dp == 1:
         raise ConfigError(
-            "`train.precision=fp16` (dynamic loss scaling) runs with DDP and ZeRO-1 layouts only "
-            f"so far (got parallel.zero={p.zero}, tp={p.tp}, pp={p.pp}); use train.precision=bf16, "
-            "which needs no loss scaling."
+            f"`train.reduce_dtype`={t.reduce_dtype} sets the data-parallel gradient reduction, "
+            "which does not happen with parallel.dp=1; set parallel.dp > 1 or reduce_dtype=fp32."
         )
     if p.world_size and p.n_ranks != p.world_size:
         raise ConfigError(

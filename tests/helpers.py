@@ -27,16 +27,26 @@ def tiny_config(**sections: dict[str, Any]) -> RunConfig:
     return RunConfig.from_dict(cfg)
 
 
-def run_engine(cfg: RunConfig, workdir: Path, *, timeout_s: float = 240) -> dict[str, Any]:
-    """Launch the engine as cfg.parallel.n_ranks  processes; return rank 0's result JSON."""
+def write_config(cfg: RunConfig, workdir: Path) -> tuple[RunConfig, Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig.from_dict({**cfg.to_dict(), "out": str(workdir / "result.json")})
     path = workdir / "config.json"
     path.write_text(cfg.to_json())
+    return cfg, path
+
+
+def launch_engine(cfg: RunConfig, workdir: Path, *, timeout_s: float = 240):
+    """Launch the engine as cfg.parallel.n_ranks processes: (LaunchResult, all ranks' logs)."""
+    cfg, path = write_config(cfg, workdir)
     res = launch(
         engine_command(path), nproc=cfg.parallel.n_ranks, log_dir=workdir, timeout_s=timeout_s
     )
-    logs = "\n".join(p.read_text() for p in res.log_paths)
+    return res, "\n".join(p.read_text() for p in res.log_paths)
+
+
+def run_engine(cfg: RunConfig, workdir: Path, *, timeout_s: float = 240) -> dict[str, Any]:
+    """Launch the engine and return rank 0's result JSON; fail the test if the run failed."""
+    res, logs = launch_engine(cfg, workdir, timeout_s=timeout_s)
     assert res.ok, f"engine failed: exit codes {res.returncodes}\n{logs[-4000:]}"
     return json.loads((workdir / "result.json").read_text())
 

@@ -23,13 +23,14 @@ from tuner.launch import check_machine, run_trial
 from tuner.summary import format_run
 
 EXIT_USAGE = 2
-COMMANDS = ("sweep", "run", "report")
+COMMANDS = ("sweep", "run", "report", "export")
 
-USAGE = """usage: python -m tuner {sweep,run,report} [KEY=VALUE ...] [--cfg job] [--help]
+USAGE = """usage: python -m tuner {sweep,run,report,export} [KEY=VALUE ...] [--cfg job] [--help]
 
   sweep    search the space (space=, sampler=) with Optuna; writes reports/<sweep.name>/
   run      run one configuration and print its measurements (run.out=PATH saves the JSON)
   report   rebuild reports/<sweep.name>/report.html and trials.csv from the sweep's study
+  export   consolidate the newest checkpoint in checkpoint.dir into export.out (plain torch)
 
 Overrides use Hydra syntax, e.g.:
   python -m tuner sweep model=tiny sweep.name=first sweep.n_trials=6
@@ -93,6 +94,20 @@ def _cmd_report(cfg: Loaded) -> int:
     return 0
 
 
+def _cmd_export(cfg: Loaded) -> int:
+    from engine.export import export
+
+    if not cfg.run.checkpoint.dir:
+        raise ConfigError("`tuner export` needs checkpoint.dir=DIR (a folder of checkpoints).")
+    out, step = export(cfg.run.checkpoint.dir, cfg.export.out)
+    print(
+        f"wrote {out} (step {step}) and {out}.json (model shape); load it with "
+        f"GPT(ModelConfig(**json.load(open('{out}.json')))).load_state_dict("
+        f"torch.load('{out}', weights_only=True))"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -116,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         if show_cfg:
             print(OmegaConf.to_yaml(cfg.raw))
             return 0
-        return {"sweep": _cmd_sweep, "run": _cmd_run, "report": _cmd_report}[command](cfg)
+        commands = {
+            "sweep": _cmd_sweep,
+            "run": _cmd_run,
+            "report": _cmd_report,
+            "export": _cmd_export,
+        }
+        return commands[command](cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engine.config import (
+    CheckpointConfig,
     ConfigError,
     DebugConfig,
     MeasureConfig,
@@ -31,7 +32,16 @@ from engine.config import (
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # run sections: the part of the composed config that becomes the engine's RunConfig
-RUN_SECTIONS = ("model", "parallel", "train", "measure", "debug", "device", "peak_flops")
+RUN_SECTIONS = (
+    "model",
+    "parallel",
+    "train",
+    "measure",
+    "checkpoint",
+    "debug",
+    "device",
+    "peak_flops",
+)
 OBJECTIVES = {  # metric -> direction
     "tokens_per_s": "maximize",
     "mfu": "maximize",
@@ -64,17 +74,24 @@ class RunOptions:
 
 
 @dataclass
+class ExportOptions:
+    out: str = "model.pt"  # `tuner export`: the consolidated weights file
+
+
+@dataclass
 class TunerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     device: str = "auto"
     peak_flops: float = 0.0
     sweep: SweepConfig = field(default_factory=SweepConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     run: RunOptions = field(default_factory=RunOptions)
+    export: ExportOptions = field(default_factory=ExportOptions)
     space: dict[str, Any] = field(default_factory=dict)  # checked by tuner.space
     sampler: dict[str, Any] = field(default_factory=dict)  # a `_target_` sampler spec
 
@@ -90,6 +107,7 @@ class Loaded:
     sweep: SweepConfig
     launcher: LauncherConfig
     run_options: RunOptions
+    export: ExportOptions
     space: dict[str, Any]
     sampler: dict[str, Any]
     overrides: list[str]  # as typed by the user
@@ -167,11 +185,20 @@ def load(overrides: list[str]) -> Loaded:
         sweep = SweepConfig(**_plain(raw.sweep))
         launcher = LauncherConfig(**_plain(raw.launcher))
         run_options = RunOptions(**_plain(raw.run))
+        export = ExportOptions(**_plain(raw.export))
         space, sampler = _plain(raw.space) or {}, _plain(raw.sampler) or {}
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
     loaded = Loaded(
-        to_run_config(raw), sweep, launcher, run_options, space, sampler, list(overrides), raw
+        to_run_config(raw),
+        sweep,
+        launcher,
+        run_options,
+        export,
+        space,
+        sampler,
+        list(overrides),
+        raw,
     )
     check_tuner_sections(loaded)
     return loaded

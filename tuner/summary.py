@@ -47,6 +47,16 @@ def format_run(r: dict[str, Any]) -> str:
         _row("MFU", f"{mfu} of {r['peak_flops_per_device']:.3g} FLOP/s per device"),
         _row("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps"),
     ]
+    if r.get("first_step"):
+        lines.append(
+            _row("resumed at step", f"{r['first_step']} ({r['ckpt_load_s']:.2f} s to load)")
+        )
+    if r.get("ckpt_save_s"):
+        lines.append(_row("checkpoint save", f"{r['ckpt_save_s']:.2f} s per save"))
+    if r.get("loss_scale") is not None:
+        lines.append(
+            _row("fp16 loss scale", f"{r['loss_scale']:g}, {r['skipped_steps']} step(s) skipped")
+        )
     for kind, s in sorted(r.get("comm", {}).items()):
         lines.append(
             _row(

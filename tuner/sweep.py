@@ -120,6 +120,11 @@ def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> st
 def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) the sweep; returns the report's path."""
     echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if cfg.run.checkpoint.resume:
+        raise ConfigError(
+            "`checkpoint.resume=true` resumes one run; a sweep resumes by rerunning its command "
+            "with the same sweep.name. Remove checkpoint.resume."
+        )
     space = space_mod.build(cfg.space, cfg.run)
     searched = list(space.distributions)
     out = sweep_dir(cfg)
@@ -168,10 +173,11 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
         tell(study, trial, state=TrialState.PRUNED)
         return f"pruned (infeasible: {err})"
     t0 = time.monotonic()
+    trial_dir = out / "trials" / f"{trial.number:04d}"
+    if run_cfg.checkpoint.every:  # each trial saves into its own folder: save time is measured
+        run_cfg = replace_keys(run_cfg, {"checkpoint.dir": str(trial_dir / "checkpoints")})
     try:
-        outcome = run_trial(
-            run_cfg, trial_dir=out / "trials" / f"{trial.number:04d}", launcher=cfg.launcher
-        )
+        outcome = run_trial(run_cfg, trial_dir=trial_dir, launcher=cfg.launcher)
     except KeyboardInterrupt:
         trial.set_user_attr("fail_reason", "interrupted")
         trial.set_user_attr("fail_detail", f"interrupted after {time.monotonic() - t0:.1f}s")

@@ -85,11 +85,22 @@ def _message_bytes(event: Any, unknown: set[str]) -> int:
     return total
 
 
+# regions whose collectives are not training communication (e.g. a checkpoint save's planning)
+EXCLUDED_REGION = "paratune::not_training"
+
+
 def summarize(events: Iterable[Any]) -> CommSummary:
-    """Sum the collectives found in profiler ``events`` (``prof.events()``)."""
+    """Sum the collectives found in profiler ``events`` (``prof.events()``), leaving out those
+    that start inside an ``EXCLUDED_REGION`` range."""
+    events = list(events)
+    excluded = [
+        (ev.time_range.start, ev.time_range.end) for ev in events if ev.name == EXCLUDED_REGION
+    ]
     summary = CommSummary()
     nccl_kernel_s = 0.0
     for ev in events:
+        if any(lo <= ev.time_range.start <= hi for lo, hi in excluded):
+            continue
         match = _COLLECTIVE.match(ev.name)
         if match is None:
             if ev.name.startswith(("ncclDevKernel", "ncclKernel")):

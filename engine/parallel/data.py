@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -28,16 +29,24 @@ from torch.nn.parallel import DistributedDataParallel
 from engine.config import ParallelConfig
 from engine.mesh import Mesh
 
-_LOW = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _policy(precision: str, reduce_dtype: str) -> MixedPrecisionPolicy:
+    """Compute in ``precision``; reduce gradients in ``reduce_dtype`` (fp32 by default); the
+    sharded master weights and optimizer state stay fp32."""
+    param = _DTYPES[precision] if precision != "fp32" else None
+    return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=_DTYPES[reduce_dtype])
 
 
 def _fsdp(
-    module: nn.Module, mesh: Mesh, *, zero: int, precision: str, units: list[nn.Module] | None
+    module: nn.Module,
+    mesh: Mesh,
+    *,
+    zero: int,
+    policy: MixedPrecisionPolicy,
+    units: list[nn.Module] | None,
 ) -> nn.Module:
-    policy = MixedPrecisionPolicy()
-    if precision in _LOW:
-        # compute in low precision, reduce gradients in fp32 (the master weights stay fp32)
-        policy = MixedPrecisionPolicy(param_dtype=_LOW[precision], reduce_dtype=torch.float32)
     kw = {"mesh": mesh.sub("dp"), "reshard_after_forward": zero == 3, "mp_policy": policy}
     if units is None:  # the GPT's blocks
         units = list(module.layers.values())
@@ -54,26 +63,50 @@ def apply_data_parallel(
     *,
     device: torch.device,
     precision: str,
+    reduce_dtype: str = "fp32",
     units: list[nn.Module] | None = None,
 ) -> nn.Module:
     """Wrap ``module`` for its data-parallel group. ``units``: the sub-modules FSDP2 gathers
     one at a time under ZeRO 2/3 (default: a GPT's blocks)."""
     if mesh.dp == 1:
         return module
+    policy = _policy(precision, reduce_dtype)
     if parallel.zero >= 2:
-        return _fsdp(module, mesh, zero=parallel.zero, precision=precision, units=units)
+        return _fsdp(module, mesh, zero=parallel.zero, policy=policy, units=units)
     if mesh.tp > 1 or mesh.pp > 1:
         # DDP can neither hold DTensor (tensor-parallel) parameters nor take one backward per
         # micro-batch from a pipeline schedule; the composable, FSDP-based replicate can
         from torch.distributed._composable.replicate_with_fsdp import replicate
 
-        return replicate(module, mesh=mesh.sub("dp"))
-    return DistributedDataParallel(
+        # compute dtype comes from autocast here; the policy sets only the reduction dtype
+        return replicate(
+            module,
+            mesh=mesh.sub("dp"),
+            mp_policy=MixedPrecisionPolicy(reduce_dtype=policy.reduce_dtype),
+        )
+    ddp = DistributedDataParallel(
         module,
         device_ids=[device.index] if device.type == "cuda" else None,
         process_group=mesh.group("dp"),
         bucket_cap_mb=parallel.ddp_bucket_mb,
     )
+    if reduce_dtype == "bf16":
+        ddp.register_comm_hook(mesh.group("dp"), _bf16_allreduce_hook)
+    return ddp
+
+
+def _bf16_allreduce_hook(group, bucket):  # no annotations: DDP inspects them
+    """Average a gradient bucket in bf16 (half the bytes), then cast back. PyTorch's own
+    bf16_compress_hook requires NCCL; this one runs on gloo too."""
+    buffer = bucket.buffer()
+    low = buffer.to(torch.bfloat16).div_(dist.get_world_size(group))
+    work = dist.all_reduce(low, group=group, async_op=True)
+
+    def restore(fut: torch.futures.Future) -> torch.Tensor:
+        buffer.copy_(fut.value()[0])
+        return buffer
+
+    return work.get_future().then(restore)
 
 
 def make_optimizer(
