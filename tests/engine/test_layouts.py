@@ -12,6 +12,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.model import GPT
+from engine.parallel.pipeline import SCHEDULES
 from tests.helpers import run_engine, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -35,15 +36,7 @@ LAYOUTS = {
     "tp2-sp": ({"tp": 2, "sp": True}, {}),
     **{
         f"pp2-{s}": (_pp(s), {})
-        for s in (
-            "gpipe",
-            "1f1b",
-            "interleaved_1f1b",
-            "looped_bfs",
-            "interleaved_zero_bubble",
-            "zbv_zero_bubble",
-            "dualpipev",
-        )
+        for s in SCHEDULES  # every schedule the engine offers
     },
     "dp2-tp2": ({"dp": 2, "tp": 2}, {}),
     "dp2-pp2": ({"dp": 2, "pp": 2}, {"micro_batch": 1}),
@@ -52,7 +45,7 @@ LAYOUTS = {
     "zero2-dp2-pp2": ({"dp": 2, "pp": 2, "zero": 2}, {"micro_batch": 1}),
     "dp2-ac-full": ({"dp": 2}, {"activation_checkpointing": "full"}),
     "dp2-ac-selective": ({"dp": 2}, {"activation_checkpointing": "selective"}),
-    "tp2-ac-full-accumulate": ({"tp": 2}, {"activation_checkpointing": "full", "micro_batch": 1}),
+    "tp2-ac-full-accumulate": ({"tp": 2}, {"activation_checkpointing": "full", "micro_batch": 2}),
 }
 
 

@@ -21,10 +21,8 @@ def _importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO))
 
 
-def _losses(tmp_path, nproc: int, zero: int) -> list[float]:
-    res = launch(
-        [sys.executable, EXAMPLE, "--zero", str(zero)], nproc=nproc, log_dir=tmp_path, timeout_s=120
-    )
+def _losses(tmp_path, nproc: int, *args: str) -> list[float]:
+    res = launch([sys.executable, EXAMPLE, *args], nproc=nproc, log_dir=tmp_path, timeout_s=120)
     log = (tmp_path / "rank0.log").read_text()
     assert res.ok, log[-3000:]
     return json.loads(log.strip().splitlines()[-1])["losses"]
