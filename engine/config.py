@@ -90,6 +90,7 @@ class MeasureConfig:
 
     profile_steps: int = 2  # last measured steps run under the profiler (communication figures);
     # they are left out of the throughput statistics, since profiling slows a step down
+    repeats: int = 1  # independent launches per configuration, merged (done by the launcher)
 
 
 @dataclass

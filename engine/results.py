@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from engine.config import RunConfig
 from engine.metrics.flops import flops_per_token
+from engine.metrics.stats import median_ci
 from engine.metrics.timing import Spread
 from engine.model import count_params
 from engine.train import RankRecord, profile_window
@@ -97,6 +99,7 @@ def build_result(
     steps, with_profiler = timed_steps(cfg, records[0].first_step)
     time_spread = Spread.of([step_times[s] for s in steps])
     tps = Spread.of([tokens_per_step / step_times[s] for s in steps])
+    ci = median_ci([tokens_per_step / step_times[s] for s in steps])
     comm = _comm_average(records)
     peaks = [r.memory["peak_mem_bytes"] for r in records]
     achieved = fpt * tps.median  # model FLOP/s over all ranks
@@ -105,6 +108,12 @@ def build_result(
             "tokens_per_s": tps.median,
             "tokens_per_s_min": tps.min,
             "tokens_per_s_max": tps.max,
+            # distribution-free 95% interval of the median over timed steps, its actual
+            # coverage (below 0.95 with fewer than 6 steps), and the steps' spread
+            "tokens_per_s_ci95": [ci.low, ci.high],
+            "tokens_per_s_ci_coverage": ci.coverage,
+            "tokens_per_s_cv": ci.cv,
+            "repeats": 1,
             "step_time_s": time_spread.median,
             "step_time_s_min": time_spread.min,
             "step_time_s_max": time_spread.max,
@@ -134,6 +143,43 @@ def build_result(
         }
     )
     return result
+
+
+def merge_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from independent launches of the same configuration: throughput statistics
+    over the timed steps of all of them, memory as the maximum, communication as the mean."""
+    if len(results) == 1:
+        return results[0]
+    merged = dict(results[0])
+    tokens = merged["tokens_per_step"]
+    samples = [tokens / r["step_times_s"][i] for r in results for i in r["timed_steps"]]
+    times = [r["step_times_s"][i] for r in results for i in r["timed_steps"]]
+    ci, spread = median_ci(samples), Spread.of(samples)
+    merged.update(
+        {
+            "repeats": len(results),
+            "tokens_per_s": ci.median,
+            "tokens_per_s_min": spread.min,
+            "tokens_per_s_max": spread.max,
+            "tokens_per_s_ci95": [ci.low, ci.high],
+            "tokens_per_s_ci_coverage": ci.coverage,
+            "tokens_per_s_cv": ci.cv,
+            "tokens_per_s_repeats": [r["tokens_per_s"] for r in results],
+            "step_time_s": statistics.median(times),
+            "step_time_s_min": min(times),
+            "step_time_s_max": max(times),
+            "peak_mem_bytes": max(r["peak_mem_bytes"] for r in results),
+        }
+    )
+    for key in ("comm_count", "comm_bytes", "comm_time_s", "data_time_s"):
+        merged[key] = _mean([r[key] for r in results])
+    if merged.get("mfu") is not None:
+        merged["mfu"] = (
+            merged["flops_per_token"]
+            * ci.median
+            / (merged["peak_flops_per_device"] * merged["world_size"])
+        )
+    return merged
 
 
 def record_to_dict(record: RankRecord) -> dict[str, Any]:

@@ -91,6 +91,7 @@ def validate_train(cfg: RunConfig) -> None:
         raise ConfigError(
             f"`measure.profile_steps` must be >= 0, but got {cfg.measure.profile_steps!r}."
         )
+    _positive("measure.repeats", cfg.measure.repeats)
     if t.lr <= 0:
         raise ConfigError(f"`train.lr` must be > 0, but got train.lr={t.lr}.")
 

@@ -17,7 +17,7 @@ import torch
 
 from engine.config import ConfigError, RunConfig
 from engine.launch import engine_command, launch
-from engine.results import write_json_atomic
+from engine.results import merge_repeats, write_json_atomic
 from engine.runner import EXIT_DIVERGED
 from tuner.config import LauncherConfig
 
@@ -85,18 +85,17 @@ def _classify(
     return "crash", _last_error(logs) or f"exit codes {codes}"
 
 
-def run_trial(cfg: RunConfig, *, trial_dir: Path, launcher: LauncherConfig) -> TrialOutcome:
-    """Write the trial's config, run its ranks, read its result. Never raises for a bad run."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    result_path = trial_dir / "result.json"
+def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> TrialOutcome:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / "result.json"
     result_path.unlink(missing_ok=True)
     cfg = RunConfig.from_dict({**cfg.to_dict(), "out": str(result_path)})
-    config_path = trial_dir / "config.json"
+    config_path = run_dir / "config.json"
     write_json_atomic(config_path, cfg.to_dict())
     launched = launch(
         engine_command(config_path),
         nproc=cfg.parallel.n_ranks,
-        log_dir=trial_dir,
+        log_dir=run_dir,
         timeout_s=launcher.timeout_s,
     )
     result = json.loads(result_path.read_text()) if result_path.exists() else None
@@ -112,7 +111,33 @@ def run_trial(cfg: RunConfig, *, trial_dir: Path, launcher: LauncherConfig) -> T
         result=result,
         reason=reason,
         detail=detail,
-        log_dir=trial_dir,
+        log_dir=run_dir,
         wall_s=launched.wall_s,
         returncodes=launched.returncodes,
+    )
+
+
+def run_trial(cfg: RunConfig, *, trial_dir: Path, launcher: LauncherConfig) -> TrialOutcome:
+    """Run the configuration ``measure.repeats`` times (independent launches, each in its own
+    folder when more than one) and merge the results. Never raises for a bad run: the first
+    failed repeat is the trial's outcome."""
+    repeats = cfg.measure.repeats
+    outcomes = []
+    for r in range(repeats):
+        run_dir = trial_dir if repeats == 1 else trial_dir / f"repeat{r}"
+        outcome = _launch_once(cfg, run_dir, launcher)
+        outcomes.append(outcome)
+        if not outcome.ok:
+            outcome.wall_s = sum(o.wall_s for o in outcomes)
+            return outcome
+    if repeats == 1:
+        return outcomes[0]
+    merged = merge_repeats([o.result for o in outcomes])
+    write_json_atomic(trial_dir / "result.json", merged)
+    return TrialOutcome(
+        ok=True,
+        result=merged,
+        log_dir=trial_dir,
+        wall_s=sum(o.wall_s for o in outcomes),
+        returncodes=outcomes[-1].returncodes,
     )

@@ -11,6 +11,16 @@ def _row(name: str, value: str) -> str:
     return f"  {name:<22} {value}"
 
 
+def _throughput(r: dict[str, Any]) -> str:
+    low, high = r["tokens_per_s_ci95"]
+    n = len(r["timed_steps"]) * r.get("repeats", 1)
+    runs = f" in {r['repeats']} runs" if r.get("repeats", 1) > 1 else ""
+    return (
+        f"{r['tokens_per_s']:,.0f} median, {100 * r['tokens_per_s_ci_coverage']:.0f}% interval "
+        f"[{low:,.0f}, {high:,.0f}], CV {100 * r['tokens_per_s_cv']:.1f}% over {n} steps{runs}"
+    )
+
+
 def format_run(r: dict[str, Any]) -> str:
     cfg = r["config"]
     p, t, m = cfg["parallel"], cfg["train"], cfg["model"]
@@ -29,11 +39,7 @@ def format_run(r: dict[str, Any]) -> str:
         f"model {m['name']} ({r['n_params'] / 1e6:.2f}M params), {layout}, "
         f"micro_batch={t['micro_batch']} global_batch={t['global_batch']} {t['precision']} "
         f"on {r['world_size']} {r['device']} rank(s)",
-        _row(
-            "tokens/s",
-            f"{r['tokens_per_s']:,.0f}  (min {r['tokens_per_s_min']:,.0f}, "
-            f"max {r['tokens_per_s_max']:,.0f} over {len(r['timed_steps'])} steps)",
-        ),
+        _row("tokens/s", _throughput(r)),
         _row("step time", f"{1e3 * r['step_time_s']:.1f} ms (median)"),
         _row(
             "peak memory",

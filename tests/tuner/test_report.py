@@ -22,6 +22,7 @@ from tuner.report import (
     METRIC_COLUMNS,
     best_trial,
     failure_table,
+    indistinguishable_from,
     param_columns,
     pareto_front,
     reproduce_command,
@@ -408,3 +409,19 @@ def test_summarize_uses_first_objective_and_its_direction() -> None:
     )
     assert summary.best_command == "python -m tuner run parallel.dp=2"
     assert summary.n_distinct_configs == 3
+
+
+def test_trials_whose_throughput_intervals_overlap_the_best_are_flagged(tmp_path: Path) -> None:
+    s = optuna.create_study(storage=None, direction="maximize", study_name="ci")
+    s.set_user_attr("base_overrides", BASE)
+    s.set_user_attr("objectives", ["tokens_per_s"])
+    c = TrialState.COMPLETE
+    _add(s, c, _p(1, 1), tps=110.0, mem=GIB, tokens_per_s_ci_low=100.0, tokens_per_s_ci_high=120.0)
+    _add(s, c, _p(1, 2), tps=105.0, mem=GIB, tokens_per_s_ci_low=90.0, tokens_per_s_ci_high=101.0)
+    _add(s, c, _p(1, 4), tps=60.0, mem=GIB, tokens_per_s_ci_low=50.0, tokens_per_s_ci_high=70.0)
+    df = trials_frame(s)
+    best = best_trial(df)
+    assert int(best["number"]) == 0
+    assert indistinguishable_from(df, best) == [1]  # 90-101 overlaps 100-120; 50-70 does not
+    html = (write_report(s, tmp_path)).read_text()
+    assert "Not distinguishable from the best" in html and "trial(s) 1." in html

@@ -29,6 +29,9 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "tokens_per_s",
     "tokens_per_s_min",
     "tokens_per_s_max",
+    "tokens_per_s_ci_low",
+    "tokens_per_s_ci_high",
+    "tokens_per_s_cv",
     "step_time_s",
     "peak_mem_bytes",
     "comm_count",
@@ -170,6 +173,18 @@ def best_trial(
         return None
     ordered = ok.sort_values([metric, "number"], ascending=[not maximize, True], kind="stable")
     return ordered.iloc[0]
+
+
+def indistinguishable_from(df: pd.DataFrame, best: pd.Series) -> list[int]:
+    """Other COMPLETE, non-repeat trials whose tokens/s interval overlaps ``best``'s: the
+    measurements cannot tell them apart from the best one."""
+    low, high = best.get("tokens_per_s_ci_low"), best.get("tokens_per_s_ci_high")
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return []
+    ok = _completed(df)
+    ok = ok[ok["duplicate_of"].isna() & ok["tokens_per_s_ci_low"].notna()]
+    overlap = (ok["tokens_per_s_ci_low"] <= high) & (ok["tokens_per_s_ci_high"] >= low)
+    return [int(n) for n in ok.loc[overlap, "number"] if int(n) != int(best["number"])]
 
 
 def format_value(value: Any) -> str:

@@ -126,6 +126,15 @@ def _metric_rows(row: pd.Series) -> list[tuple[str, str]]:
     if tps is not None:
         spread = f" (steps: {lo:,.0f} to {hi:,.0f})" if lo is not None and hi is not None else ""
         rows.append(("Throughput", f"{tps:,.0f} tokens/s{spread}"))
+    ci_lo, ci_hi, cv = (
+        get("tokens_per_s_ci_low"),
+        get("tokens_per_s_ci_high"),
+        get("tokens_per_s_cv"),
+    )
+    if ci_lo is not None and ci_hi is not None:
+        rows.append(("Throughput interval (95%)", f"{ci_lo:,.0f} to {ci_hi:,.0f} tokens/s"))
+    if cv is not None:
+        rows.append(("Step-to-step variation (CV)", f"{cv * 100:.1f} %"))
     conversions = [
         ("step_time_s", "Step time", lambda v: f"{v:.4g} s"),
         (
@@ -170,10 +179,18 @@ def _best_section(df: pd.DataFrame, summary: data.SweepSummary) -> str:
     params = ", ".join(
         f"{k}={data.format_value(row[k])}" for k in summary.params if not pd.isna(row[k])
     )
+    ties = data.indistinguishable_from(df, row) if summary.best_metric == "tokens_per_s" else []
+    tie_note = (
+        f"<p><strong>Not distinguishable from the best</strong> (their 95% throughput intervals "
+        f"overlap its interval): trial(s) {', '.join(map(str, ties))}. Repeat the measurement "
+        f"(measure.repeats) before choosing between them.</p>"
+        if ties
+        else ""
+    )
     return (
         f"{head}<p>Trial {summary.best_number} ({how} {html.escape(summary.best_metric)})"
         f"{': ' + html.escape(params) if params else ''}</p>"
-        f'<table class="metrics">{cells}</table>'
+        f'<table class="metrics">{cells}</table>{tie_note}'
         f"<p>Reproduce:</p><pre>{html.escape(summary.best_command or '')}</pre>"
     )
 
