@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from engine.config import RunConfig
+from engine.metrics.analytic import expected_comm_bytes
 from engine.metrics.flops import flops_per_token
 from engine.metrics.stats import median_ci
 from engine.metrics.timing import Spread
@@ -130,6 +131,8 @@ def build_result(
             "comm_bytes": comm["bytes"],
             "comm_time_s": comm["time_s"],
             "comm": comm["kinds"],
+            # the analytic volume for the layouts metrics/analytic.py covers (None otherwise)
+            "comm_bytes_analytic": expected_comm_bytes(cfg),
             "comm_unknown_dtypes": sorted({d for r in records for d in r.unknown_comm_dtypes}),
             "peak_flops_per_device": peak_flops,
             "mfu": achieved / (peak_flops * cfg.parallel.n_ranks) if peak_flops else None,

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
 
-from tests.helpers import engine_pids, wait_until
+from tests.helpers import SESSION_MARKER, engine_pids, wait_until
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mark_session():
+    """Tag every process this test session starts (see helpers.engine_pids)."""
+    os.environ[SESSION_MARKER] = uuid.uuid4().hex
+    yield
 
 
 @pytest.fixture(autouse=True)

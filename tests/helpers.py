@@ -64,18 +64,24 @@ def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProc
     )
 
 
+# set for the whole test session (conftest) and inherited by every process the tests start,
+# so that leftover processes are found even after their parent died, and nobody else's are
+SESSION_MARKER = "PARATUNE_TEST_SESSION"
+
+
 def engine_pids() -> set[int]:
-    """PIDs of live engine rank processes (``python -m engine ...``) on this machine."""
+    """Live processes started (directly or not) by this test session, the tests' own excepted."""
+    marker = f"{SESSION_MARKER}={os.environ.get(SESSION_MARKER, '')}".encode()
     pids = set()
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().split()[2]
+            env = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"-m" in cmd and b"engine" in cmd and state != "Z":
+        if marker in env and state != "Z":
             pids.add(int(proc.name))
     return pids
 

@@ -1,4 +1,4 @@
-"""DDP runs equal the single-process reference, and their traffic equals the analytic volume."""
+"""DDP runs equal the single-process reference (bytes: test_comm_volume.py)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,6 @@ def test_dp2_losses_equal_single_process(reference, tmp_path, micro_batch):
     torch.testing.assert_close(result["losses"], reference["losses"], rtol=0, atol=1e-5)
     # the run trained: the loss moved, so equality above is not two constant sequences
     assert abs(reference["losses"][-1] - reference["losses"][0]) > 1e-3
-
-
-def test_ddp_bytes_per_step_equal_the_gradient_volume(reference, tmp_path):
-    cfg = tiny_config(parallel={"dp": 2}, train={"steps": STEPS, "micro_batch": 2})
-    result = run_engine(cfg, tmp_path)
-    analytic = 4 * result["n_params"]  # one fp32 all-reduce of every gradient per step
-    assert result["comm_bytes"] == pytest.approx(analytic, rel=0.01)
-    assert set(result["comm"]) == {"all_reduce"}
-    assert result["comm_time_s"] > 0
-    assert reference["comm_bytes"] == 0 and reference["comm_count"] == 0
 
 
 def test_bf16_dp2_tracks_single_process(tmp_path):
