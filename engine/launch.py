@@ -115,12 +115,12 @@ def _supervise(
             now = time.monotonic()
             if failed_at is None and any(c not in (None, 0) for c in codes):
                 failed_at = now
-            if now - start > timeout_s or (failed_at and now - failed_at > FAILURE_GRACE_S):
+            timed_out = now - start > timeout_s
+            if timed_out or (failed_at is not None and now - failed_at > FAILURE_GRACE_S):
                 for p, _ in procs:
                     _kill(p)
-                return [
-                    p.returncode if c is not None else None for (p, _), c in zip(procs, codes)
-                ], (now - start > timeout_s)
+                # ranks the launcher had to kill report None: they did not end by themselves
+                return codes, timed_out
             time.sleep(0.05)
     except BaseException:  # Ctrl-C or an error in the launcher: leave nothing running
         for p, _ in procs:
