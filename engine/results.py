@@ -19,6 +19,8 @@ import torch
 
 from engine.config import RunConfig
 from engine.metrics.analytic import expected_comm_bytes
+from engine.metrics.bandwidth import add_bandwidth, group_size
+from engine.metrics.bandwidth import notes as comm_notes
 from engine.metrics.flops import flops_per_token
 from engine.metrics.stats import median_ci
 from engine.metrics.timing import Spread
@@ -102,6 +104,7 @@ def build_result(
     tps = Spread.of([tokens_per_step / step_times[s] for s in steps])
     ci = median_ci([tokens_per_step / step_times[s] for s in steps])
     comm = _comm_average(records)
+    add_bandwidth(comm["kinds"], group_size(cfg))
     peaks = [r.memory["peak_mem_bytes"] for r in records]
     achieved = fpt * tps.median  # model FLOP/s over all ranks
     result.update(
@@ -134,6 +137,7 @@ def build_result(
             # the analytic volume for the layouts metrics/analytic.py covers (None otherwise)
             "comm_bytes_analytic": expected_comm_bytes(cfg),
             "comm_unknown_dtypes": sorted({d for r in records for d in r.unknown_comm_dtypes}),
+            "comm_notes": comm_notes(cfg, result["backend"]),
             "peak_flops_per_device": peak_flops,
             "mfu": achieved / (peak_flops * cfg.parallel.n_ranks) if peak_flops else None,
             "final_loss": losses[-1],

@@ -54,6 +54,7 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The parts of a run's result worth keeping on the trial (scalars, per-kind comm, losses)."""
     keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
     keep["comm"] = result.get("comm", {})
+    keep["comm_notes"] = result.get("comm_notes", [])
     low, high = result.get("tokens_per_s_ci95") or (None, None)
     keep["tokens_per_s_ci_low"], keep["tokens_per_s_ci_high"] = low, high
     keep["losses"] = result.get("losses", [])

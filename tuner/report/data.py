@@ -187,6 +187,30 @@ def indistinguishable_from(df: pd.DataFrame, best: pd.Series) -> list[int]:
     return [int(n) for n in ok.loc[overlap, "number"] if int(n) != int(best["number"])]
 
 
+def collective_table(study: optuna.Study, number: int) -> tuple[pd.DataFrame, list[str]]:
+    """Per-collective figures of one trial (per step, per rank) and the caveats that go with
+    them, from the ``comm`` and ``comm_notes`` the engine reported."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    comm = (trial.user_attrs.get("comm") if trial else None) or {}
+
+    def r3(value: Any) -> Any:  # readable precision; the CSV keeps the raw figures
+        return None if value is None else round(float(value), 3)
+
+    rows = [
+        {
+            "collective": kind,
+            "count": stats.get("count"),
+            "MiB": r3(stats.get("bytes", 0) / 2**20),
+            "time_ms": r3(1e3 * stats.get("time_s", 0)),
+            "algbw_GBps": r3(stats.get("algbw_gbps")),
+            "busbw_GBps": r3(stats.get("busbw_gbps")),
+        }
+        for kind, stats in sorted(comm.items())
+    ]
+    notes = list((trial.user_attrs.get("comm_notes") if trial else None) or [])
+    return pd.DataFrame(rows), notes
+
+
 def format_value(value: Any) -> str:
     """Render a parameter value the way Hydra reads it on the command line."""
     if isinstance(value, (bool, np.bool_)):

@@ -205,6 +205,22 @@ def _failure_section(df: pd.DataFrame) -> str:
     return f"{head}<p>{len(failed)} trials ({counts}).</p>" + _table(failed)
 
 
+def _comm_section(study: optuna.Study, summary: data.SweepSummary) -> str:
+    if summary.best_number is None:
+        return ""
+    table, notes = data.collective_table(study, summary.best_number)
+    if table.empty:
+        return ""
+    caveats = "".join(f'<p class="muted">{html.escape(n)}</p>' for n in notes)
+    return (
+        f"<h2>Communication of trial {summary.best_number}</h2>"
+        "<p>Per step and rank, by collective (bandwidths in nccl-tests' conventions; empty "
+        "where several mesh dimensions communicate and the group size is ambiguous).</p>"
+        + _table(table)
+        + caveats
+    )
+
+
 def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
     """The report page as a string (``write_report`` writes it)."""
     if df is None:
@@ -214,6 +230,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
     body = [
         _title(summary),
         _best_section(df, summary),
+        _comm_section(study, summary),
         "<h2>Throughput vs memory</h2>",
         f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
         + "has both less memory and more throughput.</p>",
