@@ -193,7 +193,7 @@ def collective_table(study: optuna.Study, number: int) -> tuple[pd.DataFrame, li
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     comm = (trial.user_attrs.get("comm") if trial else None) or {}
 
-    def r3(value: Any) -> Any:  # readable precision; the CSV keeps the raw figures
+    def r3(value: Any) -> Any:  # readable precision; the run JSON keeps the raw figures
         return None if value is None else round(float(value), 3)
 
     rows = [
