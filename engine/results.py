@@ -21,7 +21,7 @@ from engine.config import RunConfig
 from engine.metrics.analytic import expected_comm_bytes
 from engine.metrics.bandwidth import add_bandwidth, group_size
 from engine.metrics.bandwidth import notes as comm_notes
-from engine.metrics.flops import flops_per_token
+from engine.metrics.flops import flops_per_token, hardware_flops_per_token
 from engine.metrics.stats import median_ci
 from engine.metrics.timing import Spread
 from engine.model import count_params
@@ -140,6 +140,14 @@ def build_result(
             "comm_notes": comm_notes(cfg, result["backend"]),
             "peak_flops_per_device": peak_flops,
             "mfu": achieved / (peak_flops * cfg.parallel.n_ranks) if peak_flops else None,
+            # hardware FLOPs utilisation: the same, counting activation recomputation
+            "hfu": (
+                hardware_flops_per_token(cfg.model, cfg.train.activation_checkpointing)
+                * tps.median
+                / (peak_flops * cfg.parallel.n_ranks)
+                if peak_flops
+                else None
+            ),
             "final_loss": losses[-1],
             # checkpoint I/O, slowest rank: mean seconds per save, and the one load on resume
             "ckpt_save_s": _mean(

@@ -50,7 +50,11 @@ def format_run(r: dict[str, Any]) -> str:
             f"{r['comm_count']:.0f} collectives, "
             f"{r['comm_bytes'] / MIB:.2f} MiB, {1e3 * r['comm_time_s']:.1f} ms (per rank)",
         ),
-        _row("MFU", f"{mfu} of {r['peak_flops_per_device']:.3g} FLOP/s per device"),
+        _row(
+            "MFU",
+            f"{mfu} of {r['peak_flops_per_device']:.3g} FLOP/s per device"
+            + (f" (HFU {100 * r['hfu']:.1f}%)" if r.get("hfu") and r["hfu"] != r["mfu"] else ""),
+        ),
         _row("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps"),
     ]
     if r.get("first_step"):

@@ -33,6 +33,21 @@ def flops_per_token(cfg: ModelConfig) -> float:
     return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * head_dim * cfg.seq_len
 
 
+def hardware_flops_per_token(cfg: ModelConfig, activation_checkpointing: str) -> float:
+    """FLOPs the hardware executes per token, recomputation included (for HFU, PaLM app. B).
+
+    Full checkpointing runs each block's forward twice: the blocks' forward share (a third of
+    their training FLOPs) is added again; the output head is not recomputed. Selective
+    checkpointing keeps the matmul and attention outputs and recomputes element-wise work
+    only, whose FLOPs this count ignores, as the model FLOPs do.
+    """
+    total = flops_per_token(cfg)
+    if activation_checkpointing != "full":
+        return total
+    head = 6.0 * cfg.vocab_size * cfg.d_model
+    return total + (total - head) / 3.0
+
+
 def gpu_peak(device: torch.device, precision: str) -> float:
     name = torch.cuda.get_device_name(device)
     for key, peaks in GPU_PEAKS.items():

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine.config import ModelConfig
-from engine.metrics.flops import flops_per_token, measure_cpu_peak
+from engine.metrics.flops import flops_per_token, hardware_flops_per_token, measure_cpu_peak
 from engine.model import count_params
 
 
@@ -14,6 +15,16 @@ def test_flops_per_token_follows_palm():
     assert flops_per_token(cfg) == 6 * n + 12 * 4 * 4 * 32 * 64
     # N excludes the token and position tables but keeps the output head
     assert n == count_params(cfg)["total"] - 256 * 128 - 64 * 128
+
+
+def test_full_recomputation_adds_the_blocks_forward_to_hardware_flops():
+    cfg = ModelConfig()
+    model = flops_per_token(cfg)
+    head = 6 * 256 * 128  # the output head is not recomputed
+    assert hardware_flops_per_token(cfg, "none") == model
+    assert hardware_flops_per_token(cfg, "selective") == model
+    # forward is 1/3 of the 6N + 12LHQT of the blocks
+    assert hardware_flops_per_token(cfg, "full") == pytest.approx(model + (model - head) / 3)
 
 
 def test_measured_cpu_peak_bounds_a_real_matmul():
