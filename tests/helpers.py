@@ -14,6 +14,21 @@ from engine.config import RunConfig
 from engine.launch import engine_command, launch
 
 REPO = Path(__file__).resolve().parent.parent
+# the run JSON's keys that README and the tuner promise (issue interface)
+RESULT_KEYS = (
+    "tokens_per_s",
+    "step_time_s",
+    "peak_mem_bytes",
+    "comm_count",
+    "comm_bytes",
+    "comm_time_s",
+    "mfu",
+    "n_params",
+    "losses",
+    "config",
+    "tokens_per_s_ci95",
+    "tokens_per_s_cv",
+)
 
 
 def tiny_config(**sections: dict[str, Any]) -> RunConfig:

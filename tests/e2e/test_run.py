@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import RESULT_KEYS, cli
 
 pytestmark = pytest.mark.slow
 
@@ -27,20 +27,7 @@ def test_run_writes_the_documented_json_and_merges_repeats(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "tokens/s" in proc.stdout and "in 2 runs" in proc.stdout
     r = json.loads(out.read_text())
-    for key in (
-        "tokens_per_s",
-        "step_time_s",
-        "peak_mem_bytes",
-        "comm_count",
-        "comm_bytes",
-        "comm_time_s",
-        "mfu",
-        "n_params",
-        "losses",
-        "config",
-        "tokens_per_s_ci95",
-        "tokens_per_s_cv",
-    ):
+    for key in RESULT_KEYS:
         assert key in r, key
     assert r["repeats"] == 2 and len(r["tokens_per_s_repeats"]) == 2
     low, high = r["tokens_per_s_ci95"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import run_engine, tiny_config
+from tests.helpers import RESULT_KEYS, run_engine, tiny_config
 
 pytestmark = pytest.mark.slow
 STEPS = 6
@@ -42,18 +42,7 @@ def test_bf16_dp2_tracks_single_process(tmp_path):
 
 
 def test_result_has_the_documented_metrics(reference):
-    for key in (
-        "tokens_per_s",
-        "step_time_s",
-        "peak_mem_bytes",
-        "comm_count",
-        "comm_bytes",
-        "comm_time_s",
-        "mfu",
-        "n_params",
-        "losses",
-        "config",
-    ):
+    for key in RESULT_KEYS:
         assert key in reference, key
     assert (
         reference["tokens_per_s_min"] <= reference["tokens_per_s"] <= reference["tokens_per_s_max"]

@@ -8,22 +8,20 @@ import os
 import random
 import re
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import pandas as pd
 import plotly.offline
 import pytest
-from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from tests.tuner.report_helpers import BASE, DISTS, GIB, OOM_DETAIL, _add, _p
 from tuner.report import (
     METRIC_COLUMNS,
     best_trial,
-    collective_table,
     failure_table,
-    indistinguishable_from,
     param_columns,
     pareto_front,
     reproduce_command,
@@ -38,50 +36,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-GIB = 2**30
-BASE = ["model=tiny", "train.global_batch=8", "train.steps=6"]
-DISTS = {
-    "parallel.dp": IntDistribution(1, 4),
-    "train.micro_batch": IntDistribution(1, 8),
-    "train.precision": CategoricalDistribution(["fp32", "bf16", "fp16"]),
-    "parallel.tp": IntDistribution(1, 2),
-}
-OOM_DETAIL = "RuntimeError: <CUDA> out of memory & more"
-
-
-def _add(
-    study: optuna.Study,
-    state: TrialState,
-    params: dict[str, Any],
-    *,
-    tps: float | None = None,
-    mem: int | None = None,
-    **attrs: Any,
-) -> None:
-    user_attrs = dict(attrs)
-    if tps is not None:
-        user_attrs["tokens_per_s"] = tps
-    if mem is not None:
-        user_attrs["peak_mem_bytes"] = mem
-    study.add_trial(
-        create_trial(
-            state=state,
-            values=[tps if tps is not None else 0.0] if state == TrialState.COMPLETE else None,
-            params=params,
-            distributions={k: DISTS[k] for k in params},
-            user_attrs=user_attrs,
-        )
-    )
-
-
-def _p(dp: int, mb: int, prec: str = "bf16", **extra: Any) -> dict[str, Any]:
-    return {
-        "parallel.dp": dp,
-        "train.micro_batch": mb,
-        "train.precision": prec,
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -410,49 +364,3 @@ def test_summarize_uses_first_objective_and_its_direction() -> None:
     )
     assert summary.best_command == "python -m tuner run parallel.dp=2"
     assert summary.n_distinct_configs == 3
-
-
-def test_trials_whose_throughput_intervals_overlap_the_best_are_flagged(tmp_path: Path) -> None:
-    s = optuna.create_study(storage=None, direction="maximize", study_name="ci")
-    s.set_user_attr("base_overrides", BASE)
-    s.set_user_attr("objectives", ["tokens_per_s"])
-    c = TrialState.COMPLETE
-    _add(s, c, _p(1, 1), tps=110.0, mem=GIB, tokens_per_s_ci_low=100.0, tokens_per_s_ci_high=120.0)
-    _add(s, c, _p(1, 2), tps=105.0, mem=GIB, tokens_per_s_ci_low=90.0, tokens_per_s_ci_high=101.0)
-    _add(s, c, _p(1, 4), tps=60.0, mem=GIB, tokens_per_s_ci_low=50.0, tokens_per_s_ci_high=70.0)
-    df = trials_frame(s)
-    best = best_trial(df)
-    assert int(best["number"]) == 0
-    assert indistinguishable_from(df, best) == [1]  # 90-101 overlaps 100-120; 50-70 does not
-    html = (write_report(s, tmp_path)).read_text()
-    assert "Not distinguishable from the best" in html and "trial(s) 1." in html
-
-
-def test_best_trial_communication_table_and_caveats(tmp_path: Path) -> None:
-    s = optuna.create_study(storage=None, direction="maximize", study_name="comm")
-    s.set_user_attr("objectives", ["tokens_per_s"])
-    comm = {
-        "all_reduce": {
-            "count": 1.0,
-            "bytes": 2.0 * 2**20,
-            "time_s": 0.004,
-            "algbw_gbps": 0.52,
-            "busbw_gbps": 0.52,
-        }
-    }
-    note = "gloo carries out reduce-scatter as an all-reduce"
-    _add(s, TrialState.COMPLETE, _p(2, 4), tps=100.0, mem=GIB, comm=comm, comm_notes=[note])
-    table, notes = collective_table(s, 0)
-    assert table.to_dict("records") == [
-        {
-            "collective": "all_reduce",
-            "count": 1.0,
-            "MiB": 2.0,
-            "time_ms": 4.0,
-            "algbw_GBps": 0.52,
-            "busbw_GBps": 0.52,
-        }
-    ]
-    assert notes == [note]
-    html = write_report(s, tmp_path).read_text()
-    assert "Communication of trial 0" in html and note in html

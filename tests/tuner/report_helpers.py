@@ -1,0 +1,53 @@
+"""Building blocks for report tests: real Optuna trials with the tuner's attributes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+GIB = 2**30
+BASE = ["model=tiny", "train.global_batch=8", "train.steps=6"]
+DISTS = {
+    "parallel.dp": IntDistribution(1, 4),
+    "train.micro_batch": IntDistribution(1, 8),
+    "train.precision": CategoricalDistribution(["fp32", "bf16", "fp16"]),
+    "parallel.tp": IntDistribution(1, 2),
+}
+OOM_DETAIL = "RuntimeError: <CUDA> out of memory & more"
+
+
+def _add(
+    study: optuna.Study,
+    state: TrialState,
+    params: dict[str, Any],
+    *,
+    tps: float | None = None,
+    mem: int | None = None,
+    **attrs: Any,
+) -> None:
+    user_attrs = dict(attrs)
+    if tps is not None:
+        user_attrs["tokens_per_s"] = tps
+    if mem is not None:
+        user_attrs["peak_mem_bytes"] = mem
+    study.add_trial(
+        create_trial(
+            state=state,
+            values=[tps if tps is not None else 0.0] if state == TrialState.COMPLETE else None,
+            params=params,
+            distributions={k: DISTS[k] for k in params},
+            user_attrs=user_attrs,
+        )
+    )
+
+
+def _p(dp: int, mb: int, prec: str = "bf16", **extra: Any) -> dict[str, Any]:
+    return {
+        "parallel.dp": dp,
+        "train.micro_batch": mb,
+        "train.precision": prec,
+        **extra,
+    }
