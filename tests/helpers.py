@@ -14,7 +14,7 @@ from engine.config import RunConfig
 from engine.launch import engine_command, launch
 
 REPO = Path(__file__).resolve().parent.parent
-# the run JSON's keys that README and the tuner promise (issue interface)
+# the run JSON keys that README documents and the tuner relies on
 RESULT_KEYS = (
     "tokens_per_s",
     "step_time_s",
