@@ -127,6 +127,13 @@ def build_result(
             "data_time_s": _mean([max(r.data_times_s[s] for r in records) for s in steps]),
             "peak_mem_bytes": max(peaks),
             "peak_mem_bytes_per_rank": peaks,
+            # the rest of the memory readings (CUDA: reserved bytes, allocator retries; CPU:
+            # resident set at the end), max over ranks
+            **{
+                key: max(r.memory.get(key, 0) for r in records)
+                for key in records[0].memory
+                if key != "peak_mem_bytes"
+            },
             "mem_method": "cuda_allocator" if device.type == "cuda" else "vmhwm",
             # with no unprofiled measured step, the peak includes the profiler's buffers
             "mem_includes_profiler": with_profiler,

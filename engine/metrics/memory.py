@@ -38,9 +38,12 @@ class PeakMemory:
 
     def read(self) -> dict[str, int]:
         if self.device.type == "cuda":
+            stats = torch.cuda.memory_stats(self.device)
             return {
                 "peak_mem_bytes": torch.cuda.max_memory_allocated(self.device),
                 "peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
+                # cudaMalloc retries after freeing cached blocks: a sign of memory pressure
+                "alloc_retries": int(stats.get("num_alloc_retries", 0)),
             }
         return {
             "peak_mem_bytes": _status_kib("VmHWM") * 1024,

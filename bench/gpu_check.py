@@ -1,0 +1,112 @@
+"""All single-GPU checks in one call: throughput and MFU (bf16, fp32, fp16, checkpointing) and
+memory figures from the CUDA allocator, for a fixed list of models. Needs torch only (the
+engine), so it runs on a GPU machine whose image lacks the tuner's packages.
+
+    python bench/gpu_check.py --out DIR [--budget-s 480]
+
+Writes DIR/gpu_results.json (every run's result JSON) and DIR/gpu_summary.md (a table), and
+stops launching new runs when the time budget is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.config import ModelConfig, RunConfig
+
+GPT2_SMALL = {
+    "name": "gpt2-small",
+    "n_layers": 12,
+    "n_heads": 12,
+    "d_model": 768,
+    "d_ff": 3072,
+    "vocab_size": 50257,
+    "seq_len": 1024,
+}
+LLAMA_1B = {
+    "name": "llama-1b",
+    "n_layers": 16,
+    "n_heads": 32,
+    "d_model": 2048,
+    "d_ff": 8192,
+    "vocab_size": 32000,
+    "seq_len": 2048,
+    "mlp": "swiglu",
+    "norm": "rmsnorm",
+    "position": "rope",
+    "bias": False,
+}
+# (label, model, precision, micro_batch, activation checkpointing)
+RUNS = [
+    ("gpt2-small bf16 mb16", GPT2_SMALL, "bf16", 16, "none"),
+    ("gpt2-small fp32 mb16", GPT2_SMALL, "fp32", 16, "none"),
+    ("gpt2-small fp16 mb16", GPT2_SMALL, "fp16", 16, "none"),
+    ("gpt2-small bf16 mb16 ac=full", GPT2_SMALL, "bf16", 16, "full"),
+    ("llama-1b bf16 mb4", LLAMA_1B, "bf16", 4, "none"),
+    ("llama-1b bf16 mb8 ac=selective", LLAMA_1B, "bf16", 8, "selective"),
+]
+
+
+def config(model: dict, precision: str, micro_batch: int, ac: str, out: Path) -> RunConfig:
+    cfg = RunConfig(model=ModelConfig(**model), device="cuda", out=str(out))
+    cfg.train.precision, cfg.train.micro_batch = precision, micro_batch
+    cfg.train.global_batch, cfg.train.steps, cfg.train.warmup_steps = micro_batch, 14, 3
+    cfg.train.activation_checkpointing = ac
+    return cfg
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--budget-s", type=float, default=480)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0, results = time.monotonic(), []
+    for label, model, precision, mb, ac in RUNS:
+        left = args.budget_s - (time.monotonic() - t0)
+        if left < 60:
+            results.append({"label": label, "skipped": "time budget spent"})
+            continue
+        out = args.out / f"run{len(results)}.json"
+        cfg_path = args.out / f"run{len(results)}.config.json"
+        cfg_path.write_text(config(model, precision, mb, ac, out).to_json())
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", str(cfg_path)],
+            capture_output=True,
+            text=True,
+            timeout=left,
+        )
+        entry = {"label": label, "returncode": proc.returncode}
+        if out.exists():
+            entry["result"] = json.loads(out.read_text())
+        else:
+            entry["log_tail"] = (proc.stdout + proc.stderr)[-2000:]
+        results.append(entry)
+    (args.out / "gpu_results.json").write_text(json.dumps(results, indent=1))
+    rows = [
+        "| run | tokens/s | MFU | HFU | peak allocated GiB | peak reserved GiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in results:
+        r = e.get("result")
+        if not r or r.get("status") != "ok":
+            rows.append(f"| {e['label']} | failed/skipped | | | | |")
+            continue
+        rows.append(
+            f"| {e['label']} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | "
+            f"{100 * r['hfu']:.1f}% | {r['peak_mem_bytes'] / 2**30:.2f} | "
+            f"{r.get('peak_reserved_bytes', 0) / 2**30:.2f} |"
+        )
+    (args.out / "gpu_summary.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
