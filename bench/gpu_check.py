@@ -54,8 +54,10 @@ RUNS = [
 ]
 
 
-def config(model: dict, precision: str, micro_batch: int, ac: str, out: Path) -> RunConfig:
-    cfg = RunConfig(model=ModelConfig(**model), device="cuda", out=str(out))
+def config(
+    model: dict, precision: str, micro_batch: int, ac: str, out: Path, device: str = "cuda"
+) -> RunConfig:
+    cfg = RunConfig(model=ModelConfig(**model), device=device, out=str(out))
     cfg.train.precision, cfg.train.micro_batch = precision, micro_batch
     cfg.train.global_batch, cfg.train.steps, cfg.train.warmup_steps = micro_batch, 14, 3
     cfg.train.activation_checkpointing = ac
@@ -66,17 +68,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget-s", type=float, default=480)
+    # a dry run of the script itself where there is no GPU: the tiny model on CPU
+    parser.add_argument("--cpu-smoke", action="store_true")
     args = parser.parse_args()
+    runs, device = RUNS, "cuda"
+    if args.cpu_smoke:
+        runs, device = (
+            [("tiny fp32 mb4 (CPU smoke)", ModelConfig().__dict__, "fp32", 4, "none")],
+            "cpu",
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     t0, results = time.monotonic(), []
-    for label, model, precision, mb, ac in RUNS:
+    for label, model, precision, mb, ac in runs:
         left = args.budget_s - (time.monotonic() - t0)
         if left < 60:
             results.append({"label": label, "skipped": "time budget spent"})
             continue
         out = args.out / f"run{len(results)}.json"
         cfg_path = args.out / f"run{len(results)}.config.json"
-        cfg_path.write_text(config(model, precision, mb, ac, out).to_json())
+        cfg_path.write_text(config(model, precision, mb, ac, out, device).to_json())
         proc = subprocess.run(
             [sys.executable, "-m", "engine", str(cfg_path)],
             capture_output=True,
@@ -91,18 +101,23 @@ def main() -> None:
         results.append(entry)
     (args.out / "gpu_results.json").write_text(json.dumps(results, indent=1))
     rows = [
-        "| run | tokens/s | MFU | HFU | peak allocated GiB | peak reserved GiB |",
-        "|---|---|---|---|---|---|",
+        "| run | tokens/s | MFU | HFU | peak allocated GiB | peak reserved GiB | predicted GiB "
+        "| prediction error | retries | breakdown sum vs stopwatch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in results:
         r = e.get("result")
         if not r or r.get("status") != "ok":
-            rows.append(f"| {e['label']} | failed/skipped | | | | |")
+            rows.append(f"| {e['label']} | failed/skipped | | | | | | | | |")
             continue
+        err, bsum = r.get("mem_prediction_error"), r.get("breakdown_sum_error")
         rows.append(
             f"| {e['label']} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | "
             f"{100 * r['hfu']:.1f}% | {r['peak_mem_bytes'] / 2**30:.2f} | "
-            f"{r.get('peak_reserved_bytes', 0) / 2**30:.2f} |"
+            f"{r.get('peak_reserved_bytes', 0) / 2**30:.2f} | "
+            f"{r['predicted_peak_mem_bytes'] / 2**30:.2f} | "
+            f"{'n/a' if err is None else f'{100 * err:+.1f}%'} | {r.get('alloc_retries', 0)} | "
+            f"{'n/a' if bsum is None else f'{100 * bsum:+.1f}%'} |"
         )
     (args.out / "gpu_summary.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))

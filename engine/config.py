@@ -91,6 +91,8 @@ class MeasureConfig:
     profile_steps: int = 2  # last measured steps run under the profiler (communication figures);
     # they are left out of the throughput statistics, since profiling slows a step down
     repeats: int = 1  # independent launches per configuration, merged (done by the launcher)
+    count_calls: bool = False  # count collectives a second way, at the process-group API
+    # (engine/instrumented_group.py), next to the profiler's count; CPU (gloo) only
 
 
 @dataclass
@@ -111,6 +113,8 @@ class DebugConfig:
     nan_at_step: int = -1  # make every loss NaN from this step on (-1: never)
     dump_params: str = ""  # write the final, unsharded parameters here (torch.save; tests)
     overflow_at_step: int = -1  # put an inf into one gradient on rank 0 at this step (fp16 tests)
+    comm_delay_ms: float = 0.0  # add this latency to every collective (checks the comm timing);
+    # CPU (gloo) only, implies measure.count_calls
 
 
 @dataclass

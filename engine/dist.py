@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from engine import instrumented_group
 from engine.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ class DistContext:
     device: torch.device
     backend: str
     initialized: bool
+    # collectives counted at the process-group API (measure.count_calls / debug.comm_delay_ms)
+    call_counter: instrumented_group.CallCounter | None = None
 
     @property
     def is_main(self) -> bool:
@@ -65,15 +68,23 @@ def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
     else:
         torch.set_num_threads(cpu_threads(local_world))
     initialized = "MASTER_ADDR" in env
+    counter = None
+    if (cfg.debug.comm_delay_ms or cfg.measure.count_calls) and device.type == "cuda":
+        raise ConfigError(
+            "`debug.comm_delay_ms` and `measure.count_calls` wrap gloo process groups and work "
+            "on CPU only, but this run is on CUDA; set device=cpu or leave them unset."
+        )
+    if initialized and (cfg.debug.comm_delay_ms or cfg.measure.count_calls):
+        counter = instrumented_group.register(delay_s=cfg.debug.comm_delay_ms / 1000)
     if initialized:
         dist.init_process_group(
-            backend=backend,
+            backend=instrumented_group.BACKEND if counter is not None else backend,
             rank=rank,
             world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=device if device.type == "cuda" else None,
         )
-    return DistContext(rank, world, local_rank, local_world, device, backend, initialized)
+    return DistContext(rank, world, local_rank, local_world, device, backend, initialized, counter)
 
 
 def close(ctx: DistContext) -> None:

@@ -16,6 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from engine.config import RunConfig
 from engine.mesh import Mesh
+from engine.metrics.timeline import BACKWARD, FORWARD, Phases
 from engine.model import GPT
 from engine.parallel import data as dp_wrap
 from engine.parallel import pipeline as pp_mod
@@ -74,6 +75,7 @@ class Stepper:
     modules: list[nn.Module]  # this rank's model parts (several with virtual pipeline stages)
     precision: Precision
     tp: int
+    phases: Phases  # marks forward and backward on the profiler's timeline
 
     @property
     def has_loss(self) -> bool:
@@ -87,12 +89,14 @@ class Stepper:
         for i, (x, y) in enumerate(micro):
             last = i == len(micro) - 1
             with dp_wrap.no_sync(model, last_micro_batch=last), loss_context(self.tp):
-                with self.precision.autocast():
-                    logits = model(x)  # (B, T, vocab)
-                loss = cross_entropy(logits, y) / len(micro)
-                if corrupt:
-                    loss = loss * float("nan")
-                self.precision.scale(loss).backward()
+                with self.phases(FORWARD):
+                    with self.precision.autocast():
+                        logits = model(x)  # (B, T, vocab)
+                    loss = cross_entropy(logits, y) / len(micro)
+                    if corrupt:
+                        loss = loss * float("nan")
+                with self.phases(BACKWARD):
+                    self.precision.scale(loss).backward()
             part = _plain(loss.detach())
             total = part if total is None else total + part
         return total
@@ -115,7 +119,9 @@ class PipelineStepper(Stepper):
         losses: list[torch.Tensor] = []
         self.loss_fn.corrupt = corrupt
         self.loss_fn.scale = self.precision.loss_scale or 1.0
-        with loss_context(self.tp), self.precision.autocast():
+        # the schedule interleaves forward and backward: its backward passes are told apart on
+        # the timeline by the autograd engine's own ranges (metrics.timeline)
+        with loss_context(self.tp), self.precision.autocast(), self.phases(FORWARD):
             kwargs = {"target": y, "losses": losses} if self.last else {}
             args = (x,) if self.first else ()
             self.schedule.step(*args, **kwargs)
@@ -128,7 +134,7 @@ class PipelineStepper(Stepper):
 def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision) -> Stepper:
     full = build_model(cfg, device)
     if mesh.pp == 1:
-        return Stepper([_shard(full, cfg, mesh, device)], precision, mesh.tp)
+        return Stepper([_shard(full, cfg, mesh, device)], precision, mesh.tp, Phases(device))
     p = cfg.parallel
     n_stages = p.pp * pp_mod.stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
     layers = pp_mod.split_layers(cfg.model, n_stages)
@@ -151,6 +157,7 @@ def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision
         modules,
         precision,
         mesh.tp,
+        Phases(device),
         schedule=schedule,
         loss_fn=loss_fn,
         first=0 in ids,

@@ -22,7 +22,9 @@ from engine.metrics.analytic import expected_comm_bytes
 from engine.metrics.bandwidth import add_bandwidth, group_size
 from engine.metrics.bandwidth import notes as comm_notes
 from engine.metrics.flops import flops_per_token, hardware_flops_per_token
+from engine.metrics.memory_model import predict_all
 from engine.metrics.stats import median_ci
+from engine.metrics.timeline import PARTS
 from engine.metrics.timing import Spread
 from engine.model import count_params
 from engine.train import RankRecord, profile_window
@@ -59,6 +61,62 @@ def _comm_average(records: list[RankRecord]) -> dict[str, Any]:
             k: {f: _mean([c["kinds"].get(k, zero)[f] for c in per_rank]) for f in zero}
             for k in kinds
         },
+    }
+
+
+def _breakdown(records: list[RankRecord]) -> dict[str, Any]:
+    """The step-time breakdown of the profiled steps, averaged over ranks, with each rank's,
+    and how far the parts' sum lies from the stopwatch's step time (the check of its cover)."""
+    ranks = [r for r in records if r.breakdown is not None]
+    if not ranks:
+        return {"breakdown": None, "breakdown_per_rank": [], "breakdown_sum_error": None}
+    parts = {k: _mean([r.breakdown[k] for r in ranks]) for k in PARTS}
+    step = _mean([r.profiled_step_s for r in ranks])
+    n = min(len(r.comm_busy_steps_s) for r in ranks)
+    return {
+        "breakdown": parts,
+        "breakdown_per_rank": [r.breakdown for r in ranks],
+        # per profiled step, mean over ranks: seconds some collective is in flight, and exposed
+        "comm_busy_s_steps": [_mean([r.comm_busy_steps_s[i] for r in ranks]) for i in range(n)],
+        "comm_exposed_s_steps": [
+            _mean([r.comm_exposed_steps_s[i] for r in ranks]) for i in range(n)
+        ],
+        "breakdown_step_s": step,
+        # (sum of the parts - the stopwatch's step time) / the stopwatch's step time
+        "breakdown_sum_error": (sum(parts.values()) - step) / step if step else None,
+    }
+
+
+def _calls(records: list[RankRecord]) -> dict[str, float] | None:
+    per_rank = [r.comm_calls for r in records if r.comm_calls is not None]
+    if not per_rank:
+        return None
+    kinds = sorted({k for c in per_rank for k in c})
+    return {k: _mean([c.get(k, 0.0) for c in per_rank]) for k in kinds}
+
+
+def _memory_prediction(cfg: RunConfig, records: list[RankRecord], device: str) -> dict[str, Any]:
+    """The analytic peak next to the measured one: on CUDA the allocator's peak, on CPU the
+    tensor-only peak of the profiled steps (VmHWM includes the runtime; metrics/memory.py)."""
+    predictions = predict_all(cfg, device)
+    per_rank = [predictions[r.rank].total for r in records]
+    top = max(records, key=lambda r: predictions[r.rank].total)
+    if device == "cuda":
+        measured, key = [r.memory.get("peak_mem_bytes") for r in records], "peak_mem_bytes"
+    else:
+        measured, key = [r.tensor_peak_bytes for r in records], "tensor_peak_bytes"
+    known = all(m is not None for m in measured)
+    return {
+        "predicted_peak_mem_bytes": max(per_rank),
+        "predicted_peak_mem_bytes_per_rank": per_rank,
+        "mem_breakdown": predictions[top.rank].to_dict(),
+        "tensor_peak_bytes": max(measured) if known and device != "cuda" else None,
+        "tensor_peak_bytes_per_rank": measured if device != "cuda" else [],
+        "mem_prediction_compared_to": key,
+        # (predicted - measured) / measured, of the largest rank of each
+        "mem_prediction_error": (max(per_rank) - max(measured)) / max(measured)
+        if known and max(measured)
+        else None,
     }
 
 
@@ -105,6 +163,9 @@ def build_result(
     ci = median_ci([tokens_per_step / step_times[s] for s in steps])
     comm = _comm_average(records)
     add_bandwidth(comm["kinds"], group_size(cfg))
+    for kind, stats in comm["kinds"].items():
+        stats["exposed_s"] = _mean([(r.comm_exposed_kinds or {}).get(kind, 0.0) for r in records])
+    breakdown = _breakdown(records)
     peaks = [r.memory["peak_mem_bytes"] for r in records]
     achieved = fpt * tps.median  # model FLOP/s over all ranks
     result.update(
@@ -137,6 +198,17 @@ def build_result(
             "mem_method": "cuda_allocator" if device.type == "cuda" else "vmhwm",
             # with no unprofiled measured step, the peak includes the profiler's buffers
             "mem_includes_profiler": with_profiler,
+            **breakdown,
+            **_memory_prediction(cfg, records, device.type),
+            # collectives in flight while the rank computes nothing (pipeline sends and
+            # receives count as bubble instead; see metrics/timeline.py)
+            "comm_exposed_s": breakdown["breakdown"]["comm_exposed"]
+            if breakdown["breakdown"]
+            else None,
+            # the second count of collectives, at the process-group API (measure.count_calls)
+            "comm_calls": _calls(records),
+            "comm_delay_ms": cfg.debug.comm_delay_ms,
+            "comm_delay_inline": sum(r.inline_delays for r in records),
             "comm_count": comm["count"],
             "comm_bytes": comm["bytes"],
             "comm_time_s": comm["time_s"],
@@ -193,8 +265,11 @@ def merge_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
             "peak_mem_bytes": max(r["peak_mem_bytes"] for r in results),
         }
     )
-    for key in ("comm_count", "comm_bytes", "comm_time_s", "data_time_s"):
-        merged[key] = _mean([r[key] for r in results])
+    for key in ("comm_count", "comm_bytes", "comm_time_s", "data_time_s", "comm_exposed_s"):
+        values = [r.get(key) for r in results]
+        if all(v is not None for v in values):
+            merged[key] = _mean(values)
+    # the breakdown and the memory figures stay those of the first launch (its profiled steps)
     if merged.get("mfu") is not None:
         merged["mfu"] = (
             merged["flops_per_token"]

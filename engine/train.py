@@ -17,7 +17,8 @@ from engine.data import SyntheticTokens
 from engine.dist import DistContext
 from engine.mesh import build_mesh
 from engine.metrics import comm
-from engine.metrics.memory import PeakMemory
+from engine.metrics.memory import PeakMemory, live_tensor_bytes, window_peak_bytes
+from engine.metrics.timeline import DATA, OPTIMIZER, STEP, Timeline
 from engine.metrics.timing import Stopwatch
 from engine.parallel import data as dp_wrap
 from engine.parallel.grad_norm import clip_, total_norm
@@ -49,6 +50,14 @@ class RankRecord:
     loss_scale: float | None = None
     memory: dict[str, int] = field(default_factory=dict)  # peaks over the unprofiled steps
     comm: dict | None = None  # per profiled step
+    breakdown: dict[str, float] | None = None  # seconds per profiled step (metrics.timeline)
+    comm_exposed_kinds: dict[str, float] | None = None  # exposed seconds per step, by kind
+    profiled_step_s: float | None = None  # the stopwatch's mean over the profiled steps
+    comm_busy_steps_s: list[float] = field(default_factory=list)  # per profiled step
+    comm_exposed_steps_s: list[float] = field(default_factory=list)
+    comm_calls: dict[str, float] | None = None  # per step, counted at the process group
+    inline_delays: int = 0  # debug.comm_delay_ms delays that ran outside gloo's range
+    tensor_peak_bytes: int | None = None  # CPU: tensors only, over the profiled steps
     unknown_comm_dtypes: list[str] = field(default_factory=list)
     diverged_at: int | None = None
     first_step: int = 0  # > 0 when resumed from a checkpoint
@@ -68,7 +77,8 @@ def _profiler(device: torch.device) -> profile:
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    return profile(activities=activities, record_shapes=True)
+    # CPU: memory events give the tensor-only peak (metrics.memory); CUDA has allocator stats
+    return profile(activities=activities, record_shapes=True, profile_memory=device.type == "cpu")
 
 
 def _poison_one_gradient(params: list[torch.nn.Parameter]) -> None:
@@ -78,6 +88,19 @@ def _poison_one_gradient(params: list[torch.nn.Parameter]) -> None:
             grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
             grad.view(-1)[0] = float("inf")
             return
+
+
+def _read_profile(record: RankRecord, events, *, n_steps: int) -> None:
+    """Communication per kind, the step-time breakdown and exposed time, per profiled step."""
+    events = list(events)
+    summary = comm.summarize(events)
+    record.comm = summary.per_step(n_steps)
+    record.unknown_comm_dtypes = sorted(summary.unknown_dtypes)
+    timeline = Timeline.from_events(events, comm.timeline_kind)
+    record.breakdown = {k: v / n_steps for k, v in timeline.breakdown().items()}
+    record.comm_exposed_kinds = {k: v / n_steps for k, v in timeline.exposed_by_kind().items()}
+    record.comm_busy_steps_s, record.comm_exposed_steps_s = timeline.per_step()
+    record.profiled_step_s = sum(record.step_times_s[-n_steps:]) / n_steps
 
 
 def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
@@ -106,32 +129,42 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
     prof_start, prof_end = profile_window(cfg, first)
     prof, consecutive_skips = None, 0
 
+    marks, counter = stepper.phases, ctx.call_counter
+    calls_before, inline_before, live_at_start = None, 0, 0
     for step in range(first, t.steps):
         if step == first + t.warmup_steps:
             memory.reset()
         if step == prof_start and prof_start < prof_end:
             if step > first + t.warmup_steps:  # the profiler's buffers are not the model's
                 record.memory = memory.read()
+            if device.type == "cpu":
+                live_at_start = live_tensor_bytes(stepper.modules)
             prof = _profiler(device)
             prof.__enter__()
+            marks.sync = device.type == "cuda"
+            if counter is not None:
+                calls_before, inline_before = counter.snapshot(), counter.inline_delays
         watch.start()
-        data_watch.start()
-        micro = data.micro_batches(
-            step, dp_rank=mesh.dp_rank, dp=mesh.dp, micro_batch=t.micro_batch
-        )
-        micro = [(x.to(device), y.to(device)) for x, y in micro]
-        data_time = data_watch.stop()
-        corrupt = 0 <= cfg.debug.nan_at_step <= step
-        loss = stepper.run(micro, corrupt=corrupt)
-        if step == cfg.debug.fail_at_step:
-            raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")
-        if step == cfg.debug.overflow_at_step and ctx.rank == 0:
-            _poison_one_gradient(params)
-        precision.unscale(optimizer)
-        norm = total_norm(params, mesh, device)
-        clip_(params, norm, t.grad_clip)
-        applied = precision.step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
+        with marks(STEP):
+            with marks(DATA):
+                data_watch.start()
+                micro = data.micro_batches(
+                    step, dp_rank=mesh.dp_rank, dp=mesh.dp, micro_batch=t.micro_batch
+                )
+                micro = [(x.to(device), y.to(device)) for x, y in micro]
+                data_time = data_watch.stop()
+            corrupt = 0 <= cfg.debug.nan_at_step <= step
+            loss = stepper.run(micro, corrupt=corrupt)
+            if step == cfg.debug.fail_at_step:
+                raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")
+            if step == cfg.debug.overflow_at_step and ctx.rank == 0:
+                _poison_one_gradient(params)
+            with marks(OPTIMIZER):
+                precision.unscale(optimizer)
+                norm = total_norm(params, mesh, device)
+                clip_(params, norm, t.grad_clip)
+                applied = precision.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
         step_time = watch.stop()
 
         record.losses.append(loss.item() if loss is not None else float("nan"))
@@ -153,9 +186,14 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
                 record.ckpt_save_s.append(ckpt.save(step + 1))
         if prof is not None and step == prof_end - 1:
             prof.__exit__(None, None, None)
-            summary = comm.summarize(prof.events())
-            record.comm = summary.per_step(prof_end - prof_start)
-            record.unknown_comm_dtypes = sorted(summary.unknown_dtypes)
+            marks.sync = False
+            _read_profile(record, prof.events(), n_steps=prof_end - prof_start)
+            if device.type == "cpu" and (peak := window_peak_bytes(prof)) is not None:
+                record.tensor_peak_bytes = live_at_start + peak
+            if counter is not None:
+                calls = counter.snapshot() - calls_before
+                record.comm_calls = {k: v / (prof_end - prof_start) for k, v in calls.items()}
+                record.inline_delays = counter.inline_delays - inline_before
             prof = None
 
     if prof is not None:  # left early: close the profiler without using its partial window

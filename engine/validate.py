@@ -117,6 +117,18 @@ def validate_values(cfg: RunConfig) -> None:
     validate_parallel(cfg)
     validate_train(cfg)
     _one_of("device", cfg.device, DEVICES)
+    delay = cfg.debug.comm_delay_ms
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 10_000:
+        raise ConfigError(
+            f"`debug.comm_delay_ms` must be a number of milliseconds in [0, 10000], but got "
+            f"debug.comm_delay_ms={delay!r}."
+        )
+    if (delay or cfg.measure.count_calls) and cfg.device == "cuda":
+        key = "debug.comm_delay_ms" if delay else "measure.count_calls"
+        raise ConfigError(
+            f"`{key}` wraps gloo process groups and works on CPU only, but device=cuda; "
+            "set device=cpu or leave it unset."
+        )
     if cfg.peak_flops < 0:
         raise ConfigError(f"`peak_flops` must be >= 0, but got peak_flops={cfg.peak_flops}.")
 
@@ -233,6 +245,12 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise ConfigError(
             f"`train.reduce_dtype`={t.reduce_dtype} sets the data-parallel gradient reduction, "
             "which does not happen with parallel.dp=1; set parallel.dp > 1 or reduce_dtype=fp32."
+        )
+    if (cfg.debug.comm_delay_ms or cfg.measure.count_calls) and p.n_ranks == 1:
+        key = "debug.comm_delay_ms" if cfg.debug.comm_delay_ms else "measure.count_calls"
+        raise ConfigError(
+            f"`{key}` acts on collectives, and a single process has none; run more than one "
+            "rank (parallel.dp, tp or pp > 1) or leave it unset."
         )
     if p.world_size and p.n_ranks != p.world_size:
         raise ConfigError(

@@ -57,6 +57,7 @@ def format_run(r: dict[str, Any]) -> str:
         ),
         _row("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps"),
     ]
+    lines += _measurements(r)
     if r.get("first_step"):
         lines.append(
             _row("resumed at step", f"{r['first_step']} ({r['ckpt_load_s']:.2f} s to load)")
@@ -68,10 +69,47 @@ def format_run(r: dict[str, Any]) -> str:
             _row("fp16 loss scale", f"{r['loss_scale']:g}, {r['skipped_steps']} step(s) skipped")
         )
     for kind, s in sorted(r.get("comm", {}).items()):
+        exposed = f", {1e3 * s['exposed_s']:.1f} ms exposed" if "exposed_s" in s else ""
         lines.append(
             _row(
                 f"  {kind}",
-                f"{s['count']:.0f} x, {s['bytes'] / MIB:.2f} MiB, {1e3 * s['time_s']:.1f} ms",
+                f"{s['count']:.0f} x, {s['bytes'] / MIB:.2f} MiB, {1e3 * s['time_s']:.1f} ms"
+                + exposed,
             )
         )
+    if r.get("comm_calls") is not None:
+        counted = ", ".join(f"{k} {v:g}" for k, v in r["comm_calls"].items())
+        lines.append(_row("counted at the group", counted or "none"))
     return "\n".join(lines)
+
+
+def _measurements(r: dict[str, Any]) -> list[str]:
+    """The step-time breakdown and the memory prediction, when the run has them."""
+    lines = []
+    parts = r.get("breakdown")
+    if parts:
+        shown = ", ".join(f"{k.replace('_', ' ')} {1e3 * v:.1f}" for k, v in parts.items())
+        lines.append(
+            _row(
+                "step breakdown (ms)",
+                f"{shown} = {1e3 * sum(parts.values()):.1f} vs stopwatch "
+                f"{1e3 * r['breakdown_step_s']:.1f} (profiled steps)",
+            )
+        )
+    if r.get("predicted_peak_mem_bytes") is not None:
+        measured = r.get("tensor_peak_bytes") or (
+            r["peak_mem_bytes"] if r.get("mem_prediction_compared_to") == "peak_mem_bytes" else None
+        )
+        error = r.get("mem_prediction_error")
+        vs = (
+            f" vs measured {measured / MIB:,.1f} ({r['mem_prediction_compared_to']}), "
+            f"error {100 * error:+.1f}%"
+            if measured and error is not None
+            else ""
+        )
+        split = ", ".join(f"{k} {v / MIB:.1f}" for k, v in r["mem_breakdown"].items())
+        lines.append(
+            _row("predicted memory", f"{r['predicted_peak_mem_bytes'] / MIB:,.1f} MiB{vs}")
+        )
+        lines.append(_row("  predicted parts", f"{split} MiB"))
+    return lines

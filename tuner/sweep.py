@@ -58,6 +58,11 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     low, high = result.get("tokens_per_s_ci95") or (None, None)
     keep["tokens_per_s_ci_low"], keep["tokens_per_s_ci_high"] = low, high
     keep["losses"] = result.get("losses", [])
+    # flat columns for trials.csv: seconds per step by part, predicted bytes by part
+    for part, seconds in (result.get("breakdown") or {}).items():
+        keep[f"breakdown_{part}_s"] = seconds
+    for part, nbytes in (result.get("mem_breakdown") or {}).items():
+        keep[f"mem_{part}_bytes"] = nbytes
     return keep
 
 

@@ -85,6 +85,21 @@ def _message_bytes(event: Any, unknown: set[str]) -> int:
     return total
 
 
+def timeline_kind(event: Any) -> str | None:
+    """The collective kind whose execution ``event`` spans on the timeline, or None: gloo's
+    ranges (barriers excluded), and NCCL kernels (as "nccl": kernels do not name their kind).
+    ``nccl:*`` annotations only cover the launch on the host, so they are not spans."""
+    match = _COLLECTIVE.match(event.name)
+    if match is not None:
+        backend, op = match.groups()
+        if backend == "gloo" and op != "barrier":
+            return _ALIASES.get(op, op)
+        return None
+    if event.name.startswith(("ncclDevKernel", "ncclKernel")):
+        return "nccl"
+    return None
+
+
 # regions whose collectives are not training communication (e.g. a checkpoint save's planning)
 EXCLUDED_REGION = "paratune::not_training"
 

@@ -3,6 +3,11 @@
 Same initial weights, same global batches, 6 steps, fp32: losses within 1e-5 and final
 parameters within 5e-5 (Adam divides by the root of tiny second moments early on, which lifts
 rounding differences of ~1e-7 in the gradients to a few 1e-6 in the weights).
+
+The same runs check the measurements on every layout: collectives counted at the process group
+(measure.count_calls) agree with the profiler's count, the step-time breakdown adds up to the
+stopwatch's step time within 5%, and the analytic memory peak lies within 25% of the measured
+tensor peak.
 """
 
 from __future__ import annotations
@@ -49,11 +54,17 @@ LAYOUTS = {
 }
 
 
+MEM_RTOL = 0.25
+BREAKDOWN_RTOL = 0.05
+
+
 def _run(tmp, parallel: dict, train: dict) -> tuple[dict, dict]:
+    several = any(parallel.get(k, 1) > 1 for k in ("dp", "tp", "pp"))
     cfg = tiny_config(
         parallel=parallel,
         train={"steps": STEPS, "global_batch": 8, "micro_batch": 2, **train},
         debug={"dump_params": str(tmp / "params.pt")},
+        measure={"count_calls": several},
     )
     result = run_engine(cfg, tmp)
     return result, torch.load(tmp / "params.pt")
@@ -72,6 +83,23 @@ def test_reference_trains(reference):
     moved = max((params[k] - initial[k]).abs().max().item() for k in params)
     assert moved > 20 * PARAM_ATOL  # the tolerances below are small next to what training did
     assert len(result["losses"]) == STEPS
+    _check_measurements(result)
+
+
+def _check_measurements(result: dict) -> None:
+    assert abs(result["breakdown_sum_error"]) < BREAKDOWN_RTOL, result["breakdown"]
+    assert abs(result["mem_prediction_error"]) < MEM_RTOL, (
+        result["predicted_peak_mem_bytes_per_rank"],
+        result["tensor_peak_bytes_per_rank"],
+        result["mem_breakdown"],
+    )
+    if result["comm_calls"] is None:
+        return
+    # the profiler sees what gloo runs: a reduce-scatter is carried out as an all-reduce
+    expected = dict(result["comm_calls"])
+    expected["all_reduce"] = expected.get("all_reduce", 0) + expected.pop("reduce_scatter", 0)
+    profiled = {k: v["count"] for k, v in result["comm"].items()}
+    assert profiled == {k: v for k, v in expected.items() if v}
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
@@ -83,3 +111,4 @@ def test_layout_equals_reference(reference, tmp_path, layout):
     assert sorted(params) == sorted(ref_params)
     for name, value in ref_params.items():
         torch.testing.assert_close(params[name], value, rtol=0, atol=PARAM_ATOL, msg=name)
+    _check_measurements(result)

@@ -62,6 +62,13 @@ def test_defaults_are_valid():
         ({"model": {"n_heads": 3}}, ["model.d_model", "model.n_heads"]),
         ({"model": {"mlp": "relu"}}, ["model.mlp", "relu", "swiglu"]),
         ({"device": "tpu"}, ["device", "tpu", "cuda"]),
+        ({"debug": {"comm_delay_ms": -5}}, ["debug.comm_delay_ms", "-5", "[0, 10000]"]),
+        ({"debug": {"comm_delay_ms": 20}}, ["debug.comm_delay_ms", "single process"]),
+        (
+            {"parallel": {"dp": 2}, "debug": {"comm_delay_ms": 20}, "device": "cuda"},
+            ["debug.comm_delay_ms", "CPU only", "device=cuda"],
+        ),
+        ({"measure": {"count_calls": True}}, ["measure.count_calls", "single process"]),
     ],
 )
 def test_invalid_settings_name_key_value_and_valid_choices(sections, words):

@@ -1,4 +1,5 @@
-"""Report parts built from the measurement details: intervals and collectives."""
+"""Report parts built from the measurement details: intervals, collectives, the step-time
+breakdown and predicted vs measured memory."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tuner.report import (
     trials_frame,
     write_report,
 )
+from tuner.report.measurements import memory_prediction, step_breakdown
 
 
 def test_trials_whose_throughput_intervals_overlap_the_best_are_flagged(tmp_path: Path) -> None:
@@ -41,6 +43,7 @@ def test_best_trial_communication_table_and_caveats(tmp_path: Path) -> None:
             "count": 1.0,
             "bytes": 2.0 * 2**20,
             "time_s": 0.004,
+            "exposed_s": 0.003,
             "algbw_gbps": 0.52,
             "busbw_gbps": 0.52,
         }
@@ -54,6 +57,7 @@ def test_best_trial_communication_table_and_caveats(tmp_path: Path) -> None:
             "count": 1.0,
             "MiB": 2.0,
             "time_ms": 4.0,
+            "exposed_ms": 3.0,
             "algbw_GBps": 0.52,
             "busbw_GBps": 0.52,
         }
@@ -61,3 +65,49 @@ def test_best_trial_communication_table_and_caveats(tmp_path: Path) -> None:
     assert notes == [note]
     html = write_report(s, tmp_path).read_text()
     assert "Communication of trial 0" in html and note in html
+
+
+def _breakdown_attrs(ms: dict[str, float], step_ms: float) -> dict[str, float]:
+    out = {f"breakdown_{k}_s": v / 1e3 for k, v in ms.items()}
+    out["breakdown_step_s"] = step_ms / 1e3
+    return out
+
+
+def test_step_breakdown_and_memory_prediction_per_measured_trial(tmp_path: Path) -> None:
+    s = optuna.create_study(storage=None, direction="maximize", study_name="parts")
+    s.set_user_attr("objectives", ["tokens_per_s"])
+    parts = {"forward": 10, "backward": 20, "optimizer": 5, "comm_exposed": 4, "bubble": 1}
+    mem = {"mem_params_bytes": GIB, "mem_grads_bytes": GIB, "mem_optimizer_bytes": 2 * GIB}
+    mem |= {"mem_activations_bytes": 4 * GIB, "predicted_peak_mem_bytes": 8 * GIB}
+    c = TrialState.COMPLETE
+    _add(
+        s,
+        c,
+        _p(2, 4),
+        tps=100.0,
+        mem=GIB * 12,
+        tensor_peak_bytes=10 * GIB,
+        **_breakdown_attrs({**parts, "data": 0.5}, 40.6),
+        **mem,
+    )
+    # measured on CUDA: no tensor-only peak, the allocator's peak is the comparison
+    _add(s, c, _p(1, 4), tps=90.0, mem=4 * GIB, **_breakdown_attrs({**parts, "data": 1}, 41), **mem)
+    _add(s, TrialState.FAIL, _p(4, 4), fail_reason="oom")
+    df = trials_frame(s)
+
+    steps = step_breakdown(df)
+    assert steps["trial"].tolist() == ["trial 0", "trial 1"]  # the failed trial has none
+    assert steps.loc[0, "backward"] == 20 and steps.loc[0, "data"] == 0.5
+    assert steps.loc[0, "step_ms"] == 40.6
+
+    memory = memory_prediction(df)
+    assert memory["measured"].tolist() == [10 * 1024, 4 * 1024]  # MiB
+    assert memory["predicted"].tolist() == [8 * 1024, 8 * 1024]
+    assert memory["error"].tolist() == [-0.2, 1.0]
+    assert memory.loc[0, "activations"] == 4 * 1024
+
+    page = write_report(s, tmp_path).read_text()
+    assert "Where the step time goes" in page and "Memory: predicted vs measured" in page
+    csv = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
+    for column in ("breakdown_comm_exposed_s", "mem_activations_bytes", "mem_prediction_error"):
+        assert column in csv

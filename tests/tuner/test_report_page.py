@@ -88,8 +88,8 @@ def test_write_report(study: optuna.Study, tmp_path: Path) -> None:
     assert "infeasible" in text and "/logs/6" in text
     for n in range(10):
         assert f"<td>{n}</td>" in text
-    # Two figures, each rendered once.
-    assert text.count('class="plotly-graph-div"') == 2
+    # Four figures (throughput vs memory, by trial, time breakdown, memory), each once.
+    assert text.count('class="plotly-graph-div"') == 4
 
 
 @pytest.mark.parametrize("states", [[], [TrialState.FAIL, TrialState.PRUNED]])

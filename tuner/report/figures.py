@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tuner.report.data import format_value, param_columns
+from tuner.report.measurements import BREAKDOWN_PARTS, MEM_PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -153,4 +154,91 @@ def throughput_by_trial(df: pd.DataFrame) -> go.Figure:
                 hovertemplate="%{hovertext}<br>%{y:,.0f} tokens/s<extra>" + str(state) + "</extra>",
             )
         )
+    return fig
+
+
+_PART_COLORS = {
+    "forward": "#1f77b4",
+    "backward": "#aec7e8",
+    "optimizer": "#9467bd",
+    "comm_exposed": "#d62728",
+    "bubble": "#ff7f0e",
+    "data": "#7f7f7f",
+    "params": "#1f77b4",
+    "grads": "#2ca02c",
+    "activations": "#ff7f0e",
+}
+
+
+def time_breakdown(frame: pd.DataFrame) -> go.Figure:
+    """One stacked bar per trial: where a profiled step's time went (ms), with the stopwatch's
+    step time as a marker (the parts must add up to it)."""
+    fig = go.Figure()
+    fig.update_layout(
+        title="Step-time breakdown (profiled steps, mean over ranks)",
+        xaxis_title="Trial",
+        yaxis_title="ms per step",
+        barmode="stack",
+        height=FIG_HEIGHT,
+    )
+    if frame.empty:
+        return _empty(fig, "No completed trial reported a breakdown.")
+    for part in BREAKDOWN_PARTS:
+        fig.add_trace(
+            go.Bar(
+                x=frame["trial"],
+                y=frame[part],
+                name=part.replace("_", " "),
+                marker_color=_PART_COLORS[part],
+                hovertemplate="%{x}: %{y:.2f} ms<extra>" + part + "</extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=frame["trial"],
+            y=frame["step_ms"],
+            mode="markers",
+            name="step time (stopwatch)",
+            marker={"symbol": "line-ew-open", "size": 28, "color": "black"},
+            hovertemplate="%{x}: step %{y:.2f} ms<extra></extra>",
+        )
+    )
+    return fig
+
+
+def memory_vs_prediction(frame: pd.DataFrame) -> go.Figure:
+    """Predicted peak per trial, stacked by part, next to the measured peak it is compared
+    with; the hover shows the prediction error."""
+    fig = go.Figure()
+    fig.update_layout(
+        title="Predicted vs measured peak memory (max over ranks)",
+        xaxis_title="Trial",
+        yaxis_title="MiB",
+        barmode="stack",
+        height=FIG_HEIGHT,
+    )
+    if frame.empty:
+        return _empty(fig, "No completed trial reported a memory prediction.")
+    for part in MEM_PARTS:
+        fig.add_trace(
+            go.Bar(
+                x=frame["trial"],
+                y=frame[part],
+                name=f"predicted {part}",
+                marker_color=_PART_COLORS.get(part, "#9467bd"),
+                hovertemplate="%{x}: %{y:.2f} MiB<extra>" + part + "</extra>",
+            )
+        )
+    errors = [f"{100 * e:+.1f}%" if not pd.isna(e) else "n/a" for e in frame["error"]]
+    fig.add_trace(
+        go.Scatter(
+            x=frame["trial"],
+            y=frame["measured"],
+            mode="markers",
+            name="measured",
+            marker={"symbol": "diamond", "size": 12, "color": "black"},
+            text=errors,
+            hovertemplate="%{x}: measured %{y:.2f} MiB, prediction error %{text}<extra></extra>",
+        )
+    )
     return fig

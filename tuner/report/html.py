@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
-from tuner.report import data, figures
+from tuner.report import data, figures, measurements
 
 if TYPE_CHECKING:
     import optuna
@@ -153,6 +153,14 @@ def _metric_rows(row: pd.Series) -> list[tuple[str, str]]:
             lambda v: f"{v * 1e3:,.2f} ms",
         ),
         ("comm_count", "Collectives per step per rank", lambda v: f"{v:,.0f}"),
+        (
+            "comm_exposed_s",
+            "Exposed communication per step per rank",
+            lambda v: f"{v * 1e3:,.2f} ms",
+        ),
+        ("tensor_peak_bytes", "Tensor peak (CPU, max over ranks)", lambda v: f"{v / MIB:,.1f} MiB"),
+        ("predicted_peak_mem_bytes", "Predicted peak memory", lambda v: f"{v / MIB:,.1f} MiB"),
+        ("mem_prediction_error", "Memory prediction error", lambda v: f"{v * 100:+.1f} %"),
         ("mfu", "MFU", lambda v: f"{v * 100:.1f} %"),
         ("world_size", "World size", lambda v: f"{v:.0f}"),
         ("n_params", "Parameters", lambda v: f"{v:,.0f}"),
@@ -237,6 +245,18 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         _figure(figures.throughput_vs_memory(df, front)),
         "<h2>Throughput by trial</h2>",
         _figure(figures.throughput_by_trial(df)),
+        "<h2>Where the step time goes</h2>",
+        '<p class="muted">Per profiled step, mean over ranks. Exposed communication: a '
+        "collective is in flight and the rank computes nothing. Bubble: waiting for a pipeline "
+        "neighbour, or idle. The black mark is the stopwatch's step time of the same steps; "
+        "the parts add up to it.</p>",
+        _figure(figures.time_breakdown(measurements.step_breakdown(df))),
+        "<h2>Memory: predicted vs measured</h2>",
+        '<p class="muted">Bars: the analytic peak (ZeRO-paper model states, activations per '
+        "Korthikanti et al.) of the rank predicted highest. Diamond: the measured peak it is "
+        "compared with (CPU: tensors only, from the profiler's memory events; CUDA: the "
+        "allocator's peak).</p>",
+        _figure(figures.memory_vs_prediction(measurements.memory_prediction(df))),
         _failure_section(df),
         "<h2>All trials</h2>",
         _table(df) if not df.empty else "<p>The sweep has no trials.</p>",

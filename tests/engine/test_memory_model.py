@@ -1,0 +1,47 @@
+"""The analytic memory model's bookkeeping, checked by hand. Its agreement with measured peaks
+is checked on every layout by the contract suite (test_layouts.py)."""
+
+from __future__ import annotations
+
+from engine.metrics.memory_model import predict
+from engine.model import count_params
+from tests.helpers import tiny_config
+
+PSI = count_params(tiny_config().model)["total"]
+
+
+def test_model_states_follow_the_zero_paper() -> None:
+    one = predict(tiny_config(train={"micro_batch": 8}), 0, "cpu")
+    assert one.params == 4 * PSI and one.optimizer == 8 * PSI  # fp32 weights, Adam's 2 moments
+    assert one.grads == 0  # one micro-batch: no gradient exists before the last backward
+
+    def at(zero: int):
+        return predict(tiny_config(parallel={"dp": 2, "zero": zero}), 0, "cpu")
+
+    assert at(1).optimizer == 8 * PSI // 2 and at(1).params == 4 * PSI
+    # zero 2 keeps the gathered parameters from forward to backward, zero 3 one block at a time
+    assert at(2).params == 4 * PSI // 2 + 4 * PSI
+    assert at(3).optimizer == 8 * PSI // 2 and 4 * PSI // 2 < at(3).params < at(2).params
+    assert at(0).grads == 4 * PSI  # DDP's flat buckets exist from the start
+
+
+def test_pipeline_stages_split_the_parameters_exactly() -> None:
+    cfg = tiny_config(parallel={"pp": 2}, train={"micro_batch": 2})
+    total = sum(predict(cfg, rank, "cpu").optimizer for rank in range(2))
+    assert total == 8 * PSI  # no parameter is held twice
+
+
+def test_activations_scale_with_tokens_and_shrink_with_checkpointing() -> None:
+    def acts(**train):
+        return predict(tiny_config(train={"global_batch": 16, **train}), 0, "cpu").activations
+
+    assert acts(micro_batch=8) == 2 * acts(micro_batch=4)
+    assert acts(micro_batch=8, activation_checkpointing="full") < acts(
+        micro_batch=8, activation_checkpointing="selective"
+    )
+    assert acts(micro_batch=8, activation_checkpointing="selective") < acts(micro_batch=8)
+
+
+def test_cuda_step_counts_the_foreach_temporary() -> None:
+    cfg = tiny_config(train={"micro_batch": 1, "global_batch": 1})  # activations are tiny
+    assert predict(cfg, 0, "cuda").optimizer == predict(cfg, 0, "cpu").optimizer + 4 * PSI

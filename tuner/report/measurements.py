@@ -1,0 +1,61 @@
+"""Data step for the report's measurement figures: the step-time breakdown and predicted vs
+measured memory of each measured trial, as DataFrames (figures.py draws them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+#: Parts of the step-time breakdown, in the order the stacked bars show them.
+BREAKDOWN_PARTS: tuple[str, ...] = (
+    "forward",
+    "backward",
+    "optimizer",
+    "comm_exposed",
+    "bubble",
+    "data",
+)
+MEM_PARTS: tuple[str, ...] = ("params", "grads", "optimizer", "activations")
+
+
+def _trial_label(row: pd.Series) -> str:
+    return f"trial {int(row['number'])}"
+
+
+def _measured(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    ok = df[df["state"] == "COMPLETE"]
+    ok = ok[ok["duplicate_of"].isna()]
+    return ok[ok[list(columns)].notna().all(axis=1)]
+
+
+def step_breakdown(df: pd.DataFrame) -> pd.DataFrame:
+    """Milliseconds per step by part for each measured trial (rows in trial order), with the
+    stopwatch's step time of the same profiled steps next to the parts' sum."""
+    cols = [f"breakdown_{p}_s" for p in BREAKDOWN_PARTS]
+    ok = _measured(df, cols)
+    out = pd.DataFrame({"trial": [_trial_label(r) for _, r in ok.iterrows()]})
+    for part, col in zip(BREAKDOWN_PARTS, cols, strict=True):
+        out[part] = 1e3 * ok[col].to_numpy(dtype="float64")
+    out["step_ms"] = 1e3 * ok["breakdown_step_s"].to_numpy(dtype="float64", na_value=np.nan)
+    return out
+
+
+def memory_prediction(df: pd.DataFrame) -> pd.DataFrame:
+    """MiB by predicted part, the predicted total and the measured figure it is compared with
+    (CPU: tensor-only peak; CUDA: the allocator's peak), for each measured trial."""
+    cols = [f"mem_{p}_bytes" for p in MEM_PARTS] + ["predicted_peak_mem_bytes"]
+    ok = _measured(df, cols)
+    out = pd.DataFrame({"trial": [_trial_label(r) for _, r in ok.iterrows()]})
+    for part in MEM_PARTS:
+        out[part] = ok[f"mem_{part}_bytes"].to_numpy(dtype="float64") / 2**20
+    out["predicted"] = ok["predicted_peak_mem_bytes"].to_numpy(dtype="float64") / 2**20
+    tensor = ok["tensor_peak_bytes"].to_numpy(dtype="float64", na_value=np.nan)
+    allocator = ok["peak_mem_bytes"].to_numpy(dtype="float64", na_value=np.nan)
+    out["measured"] = np.where(np.isnan(tensor), allocator, tensor) / 2**20
+    out["error"] = (out["predicted"] - out["measured"]) / out["measured"]
+    return out
