@@ -1,5 +1,6 @@
-"""All single-GPU checks in one call: throughput and MFU (bf16, fp32, fp16, checkpointing) and
-memory figures from the CUDA allocator, for a fixed list of models. Needs torch only (the
+"""All single-GPU checks in one call: throughput and MFU (bf16, fp32, fp16, checkpointing),
+memory figures from the CUDA allocator next to the analytic prediction, and the step-time
+breakdown's sum against the stopwatch, for a fixed list of models. Needs torch only (the
 engine), so it runs on a GPU machine whose image lacks the tuner's packages.
 
     python bench/gpu_check.py --out DIR [--budget-s 480]

@@ -141,7 +141,7 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
                 live_at_start = live_tensor_bytes(stepper.modules)
             prof = _profiler(device)
             prof.__enter__()
-            marks.sync = device.type == "cuda"
+            marks.active = True
             if counter is not None:
                 calls_before, inline_before = counter.snapshot(), counter.inline_delays
         watch.start()
@@ -186,7 +186,7 @@ def train(cfg: RunConfig, ctx: DistContext) -> RankRecord:
                 record.ckpt_save_s.append(ckpt.save(step + 1))
         if prof is not None and step == prof_end - 1:
             prof.__exit__(None, None, None)
-            marks.sync = False
+            marks.active = False
             _read_profile(record, prof.events(), n_steps=prof_end - prof_start)
             if device.type == "cpu" and (peak := window_peak_bytes(prof)) is not None:
                 record.tensor_peak_bytes = live_at_start + peak

@@ -43,20 +43,22 @@ Interval = tuple[float, float]
 
 
 class Phases:
-    """Marks the phases of a step on the profiler's timeline (nearly free when not profiling).
-    With ``sync`` set (CUDA, profiled steps only), each phase waits for its device work, so the
-    host-side marks cover the device time they launched."""
+    """Marks the phases of a step on the profiler's timeline while ``active`` (the profiled
+    steps; the others run unmarked). On CUDA each marked phase also waits for its device work,
+    so the host-side marks cover the device time they launched."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.sync = False
+        self.active = False
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
         with record_function(PREFIX + name):
             yield
-            if self.sync:
-                sync(self.device)
+            sync(self.device)  # no-op on CPU
 
 
 def union(intervals: Iterable[Interval]) -> list[Interval]:
