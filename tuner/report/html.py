@@ -222,8 +222,9 @@ def _comm_section(study: optuna.Study, summary: data.SweepSummary) -> str:
     caveats = "".join(f'<p class="muted">{html.escape(n)}</p>' for n in notes)
     return (
         f"<h2>Communication of trial {summary.best_number}</h2>"
-        "<p>Per step and rank, by collective (bandwidths in nccl-tests' conventions; empty "
-        "where several mesh dimensions communicate and the group size is ambiguous).</p>"
+        "<p>Per step and rank, by collective: count, size, time in flight, the part of it during "
+        "which the rank computed nothing (exposed), and bandwidths in nccl-tests' conventions "
+        "(empty where several mesh dimensions communicate and the group size is ambiguous).</p>"
         + _table(table)
         + caveats
     )
