@@ -48,7 +48,9 @@ def format_run(r: dict[str, Any]) -> str:
         _row(
             "communication/step",
             f"{r['comm_count']:.0f} collectives, "
-            f"{r['comm_bytes'] / MIB:.2f} MiB, {1e3 * r['comm_time_s']:.1f} ms (per rank)",
+            f"{r['comm_bytes'] / MIB:.2f} MiB, {1e3 * r['comm_time_s']:.1f} ms (per rank)"
+            if r.get("breakdown") is not None
+            else "not measured (no profiled step: measure.profile_steps=0)",
         ),
         _row(
             "MFU",
