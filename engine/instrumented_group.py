@@ -62,6 +62,10 @@ class CallCounter:
         with self._lock:
             self.calls[kind] += 1
 
+    def add_inline_delay(self) -> None:
+        with self._lock:
+            self.inline_delays += 1
+
     def snapshot(self) -> Counter:
         with self._lock:
             return Counter(self.calls)
@@ -106,7 +110,7 @@ class InstrumentedGroup(dist.ProcessGroup):
 
         def late(fut):
             if threading.get_ident() == caller:
-                self.counter.inline_delays += 1
+                self.counter.add_inline_delay()
             time.sleep(self.delay_s)
             return fut.value()
 
@@ -129,7 +133,7 @@ class _AllDone(dist.Work):
         for work in self.works:
             work.wait()
         if self.delay_s > 0:
-            self.counter.inline_delays += 1
+            self.counter.add_inline_delay()
             time.sleep(self.delay_s)
             self.delay_s = 0  # once, however often it is waited on
         return True
