@@ -3,10 +3,16 @@ memory figures from the CUDA allocator next to the analytic prediction, and the 
 breakdown's sum against the stopwatch, for a fixed list of models. Needs torch only (the
 engine), so it runs on a GPU machine whose image lacks the tuner's packages.
 
-    python bench/gpu_check.py --out DIR [--budget-s 480]
+    python bench/gpu_check.py --out DIR [--budget-s 480] [--record-trace PATH]
 
 Writes DIR/gpu_results.json (every run's result JSON) and DIR/gpu_summary.md (a table), and
-stops launching new runs when the time budget is spent.
+stops launching new runs when the time budget is spent. ``--record-trace PATH`` first profiles
+a few steps of a matmul and the collectives the engine uses on a 1-rank NCCL group, writes the
+profiler's Chrome trace to PATH and, next to it, PATH.summary.json: what engine/metrics/comm.py
+makes of it and, per NCCL kernel, the host op it links to — the material to replace the
+hand-written tests/engine/data/cuda_comm_trace.json with. A 1-rank communicator may take
+NCCL's one-rank shortcut (a local copy), so the kernel names can differ from a multi-rank run;
+the links from kernels to their `nccl:*` calls are what this trace shows.
 """
 
 from __future__ import annotations
@@ -65,13 +71,65 @@ def config(
     return cfg
 
 
+def record_trace(path: Path, *, device: str = "cuda", steps: int = 3) -> dict:
+    """Profile ``steps`` steps of a matmul and collectives on a 1-rank group (NCCL on CUDA,
+    gloo for a CPU smoke run); write the Chrome trace to ``path`` and return its reading."""
+    import torch
+    import torch.distributed as dist
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.metrics import comm
+    from engine.metrics.comm_trace import from_profiler, is_nccl_kernel
+
+    cuda = device == "cuda"
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1
+    )
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        x = torch.randn(1 << 20, device=device)  # 4 MiB fp32
+        gathered = torch.empty_like(x)  # world size 1: the gathered array is one shard
+        w = torch.randn(1024, 1024, device=device)
+        with profile(activities=activities, record_shapes=True) as prof:
+            for _ in range(steps):
+                w @ w  # compute: its kernel must not count as communication
+                dist.all_reduce(x)
+                dist.all_gather_into_tensor(gathered, x)
+                dist.reduce_scatter_tensor(x, gathered)
+                dist.broadcast(x, src=0)
+            if cuda:
+                torch.cuda.synchronize()
+        prof.export_chrome_trace(str(path))
+        records = from_profiler(prof.events())
+    finally:
+        dist.destroy_process_group()
+    summary = comm.summarize_records(records)
+    ops = {r.correlation: r.name for r in records if r.correlation and not r.link}
+    reading = {
+        "comm": summary.per_step(steps),
+        "kernel_links": sorted(
+            {(r.name.split("(")[0], ops.get(r.link, "")) for r in records if is_nccl_kernel(r.name)}
+        ),
+        "host_collectives": sorted(
+            {r.name for r in records if r.name.startswith(("nccl:", "gloo:"))}
+        ),
+    }
+    Path(f"{path}.summary.json").write_text(json.dumps(reading, indent=1))
+    return reading
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget-s", type=float, default=480)
     # a dry run of the script itself where there is no GPU: the tiny model on CPU
     parser.add_argument("--cpu-smoke", action="store_true")
+    parser.add_argument("--record-trace", type=Path, help="also write a profiler trace here")
     args = parser.parse_args()
+    if args.record_trace:
+        args.record_trace.parent.mkdir(parents=True, exist_ok=True)
+        reading = record_trace(args.record_trace, device="cpu" if args.cpu_smoke else "cuda")
+        print(json.dumps(reading["comm"]["kinds"], indent=1))
     runs, device = RUNS, "cuda"
     if args.cpu_smoke:
         runs, device = (
@@ -112,9 +170,11 @@ def main() -> None:
             rows.append(f"| {e['label']} | failed/skipped | | | | | | | | |")
             continue
         err, bsum = r.get("mem_prediction_error"), r.get("breakdown_sum_error")
+        # no MFU on a device the peak table does not know (peak_flops_source is null)
+        mfu, hfu = (f"{100 * r[k]:.1f}%" if r.get(k) is not None else "n/a" for k in ("mfu", "hfu"))
         rows.append(
-            f"| {e['label']} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | "
-            f"{100 * r['hfu']:.1f}% | {r['peak_mem_bytes'] / 2**30:.2f} | "
+            f"| {e['label']} | {r['tokens_per_s']:,.0f} | {mfu} | "
+            f"{hfu} | {r['peak_mem_bytes'] / 2**30:.2f} | "
             f"{r.get('peak_reserved_bytes', 0) / 2**30:.2f} | "
             f"{r['predicted_peak_mem_bytes'] / 2**30:.2f} | "
             f"{'n/a' if err is None else f'{100 * err:+.1f}%'} | {r.get('alloc_retries', 0)} | "

@@ -7,21 +7,22 @@ mid-save never leaves anything that looks complete. State is saved by fully qual
 names, identical in every layout, and DCP re-shards on load: a checkpoint from one layout
 resumes under any other.
 
-Loading verifies the manifest's hashes before reading anything, and reads DCP's (pickled)
-metadata with an unpickler that accepts only DCP's own metadata classes.
+Resuming takes the newest complete checkpoint whose files match the manifest, skipping (and
+saying so) newer ones that are damaged. The manifest guards against damage, not against someone
+who can write the folder; what protects loading from hostile content is in
+``engine.checkpoint_verify``: metadata built from an exact allow-list, tensors only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
-import pickle
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,61 +36,33 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from engine.config import ConfigError, RunConfig
+from engine.checkpoint_verify import (
+    FORMAT,
+    MANIFEST,
+    CheckpointError,
+    SafeReader,
+    complete_checkpoints,
+    file_sha256,
+    newest_verified,
+    read_manifest,
+)
+from engine.config import ModelConfig, RunConfig
 
-MANIFEST = "paratune.json"
-FORMAT = 1
+# re-exported: the folder format is part of this module's interface
+__all__ = ["MANIFEST", "CheckpointError", "Checkpointer", "check_model", "complete_checkpoints"]
 
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used: missing, damaged, or for another model."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def complete_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint under ``root``, oldest first."""
-    out = []
-    for path in Path(root).glob("step_*"):
-        if path.is_dir() and (path / MANIFEST).is_file():
-            try:
-                out.append((int(path.name.removeprefix("step_")), path))
-            except ValueError:
-                continue
-    return sorted(out)
-
-
-def read_manifest(path: Path, *, verify: bool = True) -> dict[str, Any]:
-    """The manifest of a checkpoint folder; with ``verify``, every file's hash is checked."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} has no readable {MANIFEST}: {err}") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: unknown format {manifest.get('format')!r}.")
-    if verify:
-        for name, expected in manifest["files"].items():
-            file = path / name
-            if not file.is_file():
-                raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing.")
-            if file.stat().st_size != expected["bytes"]:
-                raise CheckpointError(
-                    f"checkpoint {path} is damaged: {name} has {file.stat().st_size} bytes, "
-                    f"expected {expected['bytes']} (truncated?)."
-                )
-            if _sha256(file) != expected["sha256"]:
-                raise CheckpointError(f"checkpoint {path} is damaged: {name} fails its checksum.")
-    return manifest
+log = logging.getLogger(__name__)
 
 
 def check_model(manifest: dict[str, Any], cfg: RunConfig, path: Path) -> None:
-    saved, now = manifest["model"], asdict(cfg.model)
+    saved, now = dict(manifest["model"]), asdict(cfg.model)
+    # the padding multiple matters only through the rows it gives (checkpoints written before
+    # vocabulary padding existed have none, i.e. a multiple of 1)
+    saved["padded_vocab_size"] = ModelConfig(
+        vocab_size=saved.get("vocab_size", 0), vocab_pad_multiple=saved.pop("vocab_pad_multiple", 1)
+    ).padded_vocab_size
+    now.pop("vocab_pad_multiple")
+    now["padded_vocab_size"] = cfg.model.padded_vocab_size
     shape = [k for k in now if k not in ("name", "init_std") and saved.get(k) != now[k]]
     if shape:
         diffs = ", ".join(
@@ -102,54 +75,6 @@ def check_model(manifest: dict[str, Any], cfg: RunConfig, path: Path) -> None:
                 f"checkpoint {path} was trained with train.{key}={manifest['train'][key]}, but "
                 f"train.{key}={getattr(cfg.train, key)} now: the data stream would not continue."
             )
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Accepts only the classes DCP's metadata is made of."""
-
-    _PREFIXES = ("torch.distributed.checkpoint.", "torch.distributed._shard.")
-    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("torch", "Size"),
-        ("torch.serialization", "_get_layout"),
-        ("pathlib", "PosixPath"),
-        ("collections", "OrderedDict"),
-        *(
-            ("torch", name)
-            for name in (
-                "float32",
-                "float64",
-                "float16",
-                "bfloat16",
-                "int64",
-                "int32",
-                "int16",
-                "int8",
-                "uint8",
-                "bool",
-                "strided",
-                "contiguous_format",
-                "preserve_format",
-            )
-        ),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith(self._PREFIXES) or (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise CheckpointError(f"refusing to unpickle {module}.{name} from checkpoint metadata")
-
-
-class SafeReader(dcp.FileSystemReader):
-    """DCP's file reader, with the metadata read by ``_SafeUnpickler``."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        path = self._get_metadata_path(kwargs.get("rank"))
-        with self.fs.create_stream(path, "rb") as f:
-            metadata = _SafeUnpickler(f).load()
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = dcp.metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
 
 
 class _Container(nn.Module):
@@ -245,7 +170,7 @@ class Checkpointer:
 
     def _publish(self, tmp: Path, final: Path, step: int) -> None:
         files = {
-            p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(tmp.iterdir())
             if p.is_file()
         }
@@ -270,19 +195,54 @@ class Checkpointer:
         for stale in self.root.glob(".tmp-step_*"):  # left by a crash in an earlier save
             shutil.rmtree(stale, ignore_errors=True)
 
-    def load_latest(self) -> tuple[int, float]:
-        """Restore the newest complete checkpoint; returns (its step, seconds taken)."""
-        t0 = time.perf_counter()
-        found = complete_checkpoints(self.root)
-        if not found:
-            raise CheckpointError(
-                f"checkpoint.resume=true, but {self.root} holds no complete checkpoint."
+    def _all_min(self, value: int) -> int:
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.precision.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
+    def _choose(self) -> tuple[int, Path, dict[str, Any]]:
+        """The checkpoint every rank resumes from: the newest that verifies on all of them.
+        Ranks agree before anyone loads, so a rank that sees damage the others do not (a file
+        system out of step) cannot leave them loading different steps, or waiting forever."""
+        step, path, manifest, skipped, error = -1, None, None, [], None
+        try:
+            step, path, manifest, skipped = newest_verified(self.root)
+        except CheckpointError as err:
+            error = err
+        agreed = self._all_min(step)
+        if agreed != step and agreed >= 0:
+            skipped.append(f"another rank could not verify step {step}.")
+            path = dict(complete_checkpoints(self.root)).get(agreed)
+            try:
+                if path is None:
+                    raise CheckpointError(f"{self.root} lacks step {agreed} on this rank.")
+                manifest = read_manifest(path)
+            except CheckpointError as err:
+                error = err
+        if self._all_min(0 if error else 1) == 0:
+            why = error or "another rank found no checkpoint it can use; see its log."
+            raise CheckpointError(f"checkpoint.resume=true, but {why}")
+        if skipped and (self.rank == 0 or agreed != step):
+            log.warning(
+                "resuming from %s (step %d), the newest checkpoint that verifies; skipped: %s",
+                path,
+                agreed,
+                " ".join(skipped),
             )
-        _, path = found[-1]
-        manifest = read_manifest(path)  # every rank verifies before anything is loaded
+        elif self.rank == 0:
+            log.info("resuming from %s (step %d)", path, agreed)
+        return agreed, path, manifest
+
+    def load_latest(self) -> tuple[int, float]:
+        """Restore the newest complete checkpoint that verifies; returns (its step, seconds)."""
+        t0 = time.perf_counter()
+        _, path, manifest = self._choose()
         check_model(manifest, self.cfg, path)
+        reader = SafeReader(path, manifest=manifest)  # refuses byte entries before any read
         state = self._state()
-        dcp.load(state, storage_reader=SafeReader(path))
+        dcp.load(state, storage_reader=reader)
         set_model_state_dict(self.model, state["model"])
         self._set_optim_state(state["optim"])
         torch.set_rng_state(state["rng"])

@@ -32,7 +32,11 @@ class ModelConfig:
     n_heads: int = 4  # divisible by 4 so tp in {1, 2, 4} divides the heads
     d_model: int = 128
     d_ff: int = 512  # MLP width; 4 * d_model in GPT-2, ~8/3 * d_model with SwiGLU
-    vocab_size: int = 256
+    vocab_size: int = 256  # token ids the data uses: 0 .. vocab_size - 1
+    # the embedding and head get vocab_size rounded up to a multiple of this (GPT-2's 50,257 ->
+    # 50,304, as Megatron-LM and nanoGPT do), so tensor parallelism can split them evenly and
+    # the head's matmul has an aligned width; the data never uses the padded ids
+    vocab_pad_multiple: int = 128
     seq_len: int = 64  # training context length; also the size of learned position tables
     mlp: str = "gelu"  # gelu (GPT-2) | swiglu (llama-like)
     norm: str = "layernorm"  # layernorm (GPT-2) | rmsnorm (llama-like)
@@ -40,6 +44,12 @@ class ModelConfig:
     bias: bool = True  # Linear/LayerNorm biases (GPT-2 has them, llama does not)
     norm_eps: float = 1e-5
     init_std: float = 0.02  # GPT-2 initialisation
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token embedding and the output head (vocab_size rounded up)."""
+        m = self.vocab_pad_multiple
+        return -(-self.vocab_size // m) * m
 
 
 @dataclass
@@ -93,6 +103,8 @@ class MeasureConfig:
     repeats: int = 1  # independent launches per configuration, merged (done by the launcher)
     count_calls: bool = False  # count collectives a second way, at the process-group API
     # (engine/instrumented_group.py), next to the profiler's count; CPU (gloo) only
+    peak_tflops: float = 0.0  # dense peak TFLOP/s of one device at the run's precision, for
+    # MFU; 0 = the datasheet table (GPU, by exact device name) or a measured matmul (CPU)
 
 
 @dataclass
@@ -128,7 +140,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
     device: str = "auto"  # auto: cuda when available, else cpu
-    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = look up (GPU) or measure (CPU)
+    peak_flops: float = 0.0  # measure.peak_tflops in FLOP/s (older key; both set must agree)
     out: str = ""  # where rank 0 writes the result JSON ("" = do not write)
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +51,40 @@ def cpu_threads(local_world_size: int) -> int:
     return max(1, (cores or 1) // max(1, local_world_size))
 
 
+def _loopback_store(
+    *, rank: int, world_size: int, timeout: datetime.timedelta
+) -> dist.TCPStore | None:
+    """The rendezvous store, listening on MASTER_ADDR only when that is a loopback address.
+
+    The store ``env://`` starts on rank 0 listens on every interface, whatever MASTER_ADDR says
+    (MASTER_ADDR only tells the clients where to connect); a single-machine run must not be
+    reachable from the network, so rank 0 binds the listening socket itself and hands it to
+    the store. ``None``: leave the rendezvous to ``env://`` (another host's address, or
+    torchrun's agent, which hosts the store itself).
+    """
+    addr = os.environ["MASTER_ADDR"]
+    try:
+        loopback = ipaddress.ip_address(addr).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    port = int(os.environ["MASTER_PORT"])
+    if rank != 0:
+        return dist.TCPStore(addr, port, world_size, is_master=False, timeout=timeout)
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # a port taken since the launcher chose it fails here with EADDRINUSE; the launcher
+        # reads that from the log and retries with another port
+        sock.bind((addr, port))
+        sock.listen(world_size)
+        # the store owns the descriptor from here on and closes it when it shuts down
+        fd = sock.detach()
+    return dist.TCPStore(
+        addr, port, world_size, is_master=True, timeout=timeout, master_listen_fd=fd
+    )
+
+
 def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
     """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, if any."""
     env = os.environ
@@ -77,11 +113,13 @@ def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
     if initialized and (cfg.debug.comm_delay_ms or cfg.measure.count_calls):
         counter = instrumented_group.register(delay_s=cfg.debug.comm_delay_ms / 1000)
     if initialized:
+        timeout = datetime.timedelta(seconds=timeout_s)
         dist.init_process_group(
             backend=instrumented_group.BACKEND if counter is not None else backend,
+            store=_loopback_store(rank=rank, world_size=world, timeout=timeout),
             rank=rank,
             world_size=world,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=timeout,
             device_id=device if device.type == "cuda" else None,
         )
     return DistContext(rank, world, local_rank, local_world, device, backend, initialized, counter)

@@ -4,12 +4,15 @@
     model = GPT(ModelConfig(**json.load(open("model.pt.json"))))
     model.load_state_dict(torch.load("model.pt", weights_only=True))
 
-Runs in one process, whatever layout wrote the checkpoint: DCP re-shards on load.
+Runs in one process, whatever layout wrote the checkpoint: DCP re-shards on load. Takes the newest
+checkpoint that verifies (saying which newer ones were damaged), and refuses one whose metadata is
+not plain tensors (see engine.checkpoint_verify) before reading any of its data.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,25 +20,27 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from engine.checkpoint import CheckpointError, SafeReader, complete_checkpoints, read_manifest
+from engine.checkpoint_verify import SafeReader, newest_verified
 from engine.config import ModelConfig
 from engine.model import GPT
 
+log = logging.getLogger(__name__)
+
 
 def export(checkpoint_dir: str | Path, out: str | Path) -> tuple[Path, int]:
-    """Write the newest complete checkpoint's model weights to ``out``; returns (out, step)."""
-    found = complete_checkpoints(checkpoint_dir)
-    if not found:
-        raise CheckpointError(f"{checkpoint_dir} holds no complete checkpoint to export.")
-    step, path = found[-1]
-    manifest = read_manifest(path)
+    """Write the model weights of the newest complete checkpoint that verifies to ``out``;
+    returns (out, step)."""
+    step, path, manifest, skipped = newest_verified(checkpoint_dir)
+    if skipped:
+        log.warning("exporting %s (step %d); skipped: %s", path, step, " ".join(skipped))
+    reader = SafeReader(path, manifest=manifest)  # refuses byte entries before any read
     model_cfg = ModelConfig(**manifest["model"])
     with torch.device("cpu"):
         model = GPT(model_cfg)
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "loading in a single process": exactly the intent here
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, storage_reader=SafeReader(path))
+        dcp.load(state, storage_reader=reader)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

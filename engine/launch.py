@@ -1,8 +1,9 @@
 """Starts N ranks as separate processes on this machine (torchrun-style, single node).
 
-Rendezvous is on 127.0.0.1 at a free port; each rank runs in its own process session so that a
-timeout or a failed peer ends every process it started. A port taken between choosing and
-binding it is retried with another.
+Rendezvous is on 127.0.0.1 at a free port, and nothing the ranks open listens elsewhere: rank 0
+binds the rendezvous store to loopback (engine.dist), gloo and NCCL are held to ``lo``. Each rank
+runs in its own process session so that a timeout or a failed peer ends every process it
+started. A port taken between choosing and binding it is retried with another.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.dist import cpu_threads
@@ -34,10 +36,26 @@ class LaunchResult:
     timed_out: bool
     wall_s: float
     log_paths: list[Path]
+    # seconds after the start at which each rank's own exit was seen (None: killed by the
+    # launcher); the order in which ranks failed tells the cause from its consequences
+    exit_s: list[float | None] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.timed_out and all(rc == 0 for rc in self.returncodes)
+
+    @property
+    def first_failed(self) -> int | None:
+        """The rank that failed first by itself (non-zero exit), or None; without exit times,
+        the lowest such rank."""
+        times = self.exit_s or [0.0] * len(self.returncodes)
+        failed = [
+            (t, rank)
+            for rank, (rc, t) in enumerate(zip(self.returncodes, times, strict=True))
+            if rc not in (None, 0) and t is not None
+        ]
+        return min(failed)[1] if failed else None
 
 
 def free_port() -> int:
@@ -102,16 +120,31 @@ def start_ranks(
     return procs
 
 
+def _watch(proc: subprocess.Popen, exited: list[float | None], rank: int, start: float) -> None:
+    """Wait for one rank and note when it ended, to the millisecond rather than the poll."""
+    proc.wait()
+    exited[rank] = time.monotonic() - start
+
+
 def _supervise(
-    procs: list[tuple[subprocess.Popen, Path]], timeout_s: float
-) -> tuple[list[int | None], bool]:
-    start = time.monotonic()
+    procs: list[tuple[subprocess.Popen, Path]], timeout_s: float, start: float
+) -> tuple[list[int | None], list[float | None], bool]:
+    """Wait for the ranks: (exit codes, seconds to each exit, timed out)."""
+    exited: list[float | None] = [None] * len(procs)
+    for rank, (p, _) in enumerate(procs):
+        threading.Thread(target=_watch, args=(p, exited, rank, start), daemon=True).start()
+
+    def seen() -> tuple[list[int | None], list[float | None]]:
+        # a rank counts as ended once its watcher noted the time, so codes and times agree
+        times = list(exited)
+        return [p.returncode if t is not None else None for (p, _), t in zip(procs, times)], times
+
     failed_at: float | None = None
     try:
         while True:
-            codes = [p.poll() for p, _ in procs]
-            if all(c is not None for c in codes):
-                return codes, False
+            codes, times = seen()
+            if all(t is not None for t in times):
+                return codes, times, False
             now = time.monotonic()
             if failed_at is None and any(c not in (None, 0) for c in codes):
                 failed_at = now
@@ -120,7 +153,7 @@ def _supervise(
                 for p, _ in procs:
                     _kill(p)
                 # ranks the launcher had to kill report None: they did not end by themselves
-                return codes, timed_out
+                return codes, times, timed_out
             time.sleep(0.05)
     except BaseException:  # Ctrl-C or an error in the launcher: leave nothing running
         for p, _ in procs:
@@ -146,13 +179,21 @@ def launch(
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     for attempt in range(attempts):
+        started = time.monotonic()
         procs = start_ranks(cmd, nproc, free_port(), log_dir)
-        codes, timed_out = _supervise(procs, timeout_s - (time.monotonic() - t0))
+        codes, times, timed_out = _supervise(procs, timeout_s - (started - t0), started)
         paths = [path for _, path in procs]
         if timed_out or all(c == 0 for c in codes) or not _port_clash(paths):
             break
         log.warning("rendezvous port was taken; retrying (%d/%d)", attempt + 2, attempts)
-    return LaunchResult(codes, timed_out, time.monotonic() - t0, paths)
+    return LaunchResult(
+        codes,
+        timed_out,
+        time.monotonic() - t0,
+        paths,
+        exit_s=times,
+        pids=[p.pid for p, _ in procs],
+    )
 
 
 def engine_command(config_path: str | Path) -> list[str]:

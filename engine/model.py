@@ -3,10 +3,16 @@
 GPT-2 shape by default (LayerNorm, GELU MLP, learned positions, biases); the llama-like presets
 switch to RMSNorm, SwiGLU and rotary positions. The output head is not tied to the token
 embedding, so pipeline stages can own them separately.
+
+Initial weights are a function of (seed, parameter name) alone (``initial_value``), not of the
+order in which parameters draw from one random stream: a model built on the meta device and
+materialised shard by shard, or one pipeline stage of it, gets exactly the values the whole
+model built in one process gets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -99,41 +105,76 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def _name_seed(seed: int, name: str) -> int:
+    """A 63-bit generator seed from the run's seed and a parameter's name (stable across
+    processes and Python versions, unlike ``hash``)."""
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def initial_value(cfg: ModelConfig, name: str, shape: torch.Size, *, seed: int) -> torch.Tensor:
+    """The full initial fp32 value of parameter ``name`` (its name in the whole GPT), on the CPU.
+
+    GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers); norm
+    weights 1, biases 0. Each parameter draws from its own generator, seeded by its name.
+    """
+    if len(shape) == 1:
+        return torch.full(shape, 1.0 if name.endswith("norm.weight") else 0.0)
+    std = cfg.init_std
+    if name.endswith(("wo.weight", "down.weight")):
+        std = std / math.sqrt(2 * cfg.n_layers)
+    generator = torch.Generator().manual_seed(_name_seed(seed, name))
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+
 class GPT(nn.Module):
-    """Token ids (B, T) -> logits (B, T, vocab).
+    """Token ids (B, T) -> logits (B, T, padded_vocab).
 
     Layers live in a ModuleDict keyed by their global index, so a pipeline stage can delete the
     layers it does not own and keep the names (and checkpoints) of the rest; ``tok_emb``,
     ``norm`` and ``head`` may be set to None on stages that do not hold them.
+
+    The embedding and head have ``cfg.padded_vocab_size`` rows. The padded logits stay in the
+    softmax (as in Megatron-LM): no target ever names them, so training pushes them down, and
+    at initialisation they add ln(padded / vocab) to the loss (+0.0009 nats for GPT-2's
+    vocabulary). Masking them to -inf would need one more operation on vocabulary-sharded
+    logits under tensor parallelism; every layout and the single-process reference share the
+    same padding, so losses stay comparable either way.
+
+    Built under ``torch.device("meta")`` it allocates nothing and initialises nothing:
+    ``engine.weights.materialize`` fills in this rank's shard later.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, *, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        vocab = cfg.padded_vocab_size
+        self.tok_emb = nn.Embedding(vocab, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.position == "learned" else None
         self.layers = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.n_layers)})
         self.norm = make_norm(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, vocab, bias=False)
         if cfg.position == "rope":
             self.register_buffer(
                 "rope", rope_tables(cfg.seq_len, cfg.d_model // cfg.n_heads), persistent=False
             )
         else:
             self.rope = None
-        self.reset_parameters()
+        if not self.head.weight.is_meta:
+            self.reset_parameters(seed=seed)
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
-        std = self.cfg.init_std
+    def reset_parameters(self, *, seed: int = 0) -> None:
+        """Every parameter to ``initial_value`` (plain, unsharded parameters only)."""
         for name, p in self.named_parameters():
-            if p.dim() == 1:  # norm weights are 1, biases 0
-                p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
-            elif name.endswith(("wo.weight", "down.weight")):
-                p.normal_(0.0, std / math.sqrt(2 * self.cfg.n_layers))
-            else:
-                p.normal_(0.0, std)
+            p.copy_(initial_value(self.cfg, name, p.shape, seed=seed))
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Recompute the rotary table (after ``to_empty`` left it uninitialised)."""
+        if self.rope is not None:
+            head_dim = self.cfg.d_model // self.cfg.n_heads
+            self.rope.copy_(rope_tables(self.cfg.seq_len, head_dim))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(tokens) if self.tok_emb is not None else tokens  # (B, T, C)
@@ -149,7 +190,13 @@ class GPT(nn.Module):
 def count_params(cfg: ModelConfig) -> dict[str, int]:
     """Analytic parameter counts, independent of the module code (checked against it in tests).
 
-    ``embedding`` (token and position tables) does no matmul work, so MFU's N excludes it.
+    ``total``: every parameter the module holds, padded vocabulary rows included (what memory
+    and communication move). ``embedding``: the token table's real rows and the position
+    table, which do no matmul work. ``non_embedding``: the blocks, final norm and the head's
+    real rows: MFU's N, so model FLOPs count the real vocabulary (the padded rows are an
+    implementation choice that does no useful work; see engine.metrics.flops).
+    ``vocab_padding``: the padded rows of the token table and the head.
+    total = embedding + non_embedding + vocab_padding.
     """
     d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
     b = 1 if cfg.bias else 0
@@ -160,5 +207,11 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     embedding = cfg.vocab_size * d + (cfg.seq_len * d if cfg.position == "learned" else 0)
     blocks = L * (2 * norm + attn + mlp)
     head = cfg.vocab_size * d
-    total = embedding + blocks + norm + head
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+    padding = 2 * (cfg.padded_vocab_size - cfg.vocab_size) * d
+    non_embedding = blocks + norm + head
+    return {
+        "total": embedding + non_embedding + padding,
+        "embedding": embedding,
+        "non_embedding": non_embedding,
+        "vocab_padding": padding,
+    }

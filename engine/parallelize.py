@@ -1,8 +1,9 @@
 """Builds this rank's share of the model for a layout, and the step function that trains it.
 
-Order (torchtitan's): pipeline split -> tensor parallel -> activation checkpointing -> data
-parallel / ZeRO. Every rank first builds the full model from the same seed, so every layout
-starts from the reference's exact weights.
+Order (torchtitan's): pipeline split -> tensor parallel -> activation checkpointing -> FSDP2
+(ZeRO 2/3), all on the meta device; then this rank's shard is allocated and initialised by
+parameter name (engine.weights), so every layout starts from the reference's exact weights
+while no rank ever holds the whole model; then DDP / replicate, which need real tensors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from engine import weights
 from engine.config import RunConfig
 from engine.mesh import Mesh
 from engine.metrics.timeline import BACKWARD, FORWARD, Phases
@@ -28,9 +30,13 @@ Batch = list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) micro-batch
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> GPT:
-    """The same initial weights on every rank and in the single-process reference."""
-    torch.manual_seed(cfg.train.seed)
-    return GPT(cfg.model).to(device)
+    """The whole model with the run's initial weights (what every layout's shards add up to)."""
+    with torch.device("meta"):
+        model = GPT(cfg.model)
+    weights.materialize(
+        model, weights.param_owners(model), cfg=cfg.model, seed=cfg.train.seed, device=device
+    )
+    return model
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,17 +61,29 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 
 
 def _shard(module: GPT, cfg: RunConfig, mesh: Mesh, device: torch.device) -> nn.Module:
+    """Parallelise a meta-device GPT (or stage), then materialise this rank's share of it."""
+    owners = weights.param_owners(module)  # names before wrappers rename or replace anything
     if mesh.tp > 1:
         apply_tensor_parallel(module, mesh.sub("tp"), sequence_parallel=cfg.parallel.sp)
     apply_activation_checkpointing(module, cfg.train.activation_checkpointing)
-    return dp_wrap.apply_data_parallel(
-        module,
-        cfg.parallel,
-        mesh,
-        device=device,
-        precision=cfg.train.precision,
-        reduce_dtype=cfg.train.reduce_dtype,
-    )
+
+    def wrap(m: nn.Module) -> nn.Module:
+        return dp_wrap.apply_data_parallel(
+            m,
+            cfg.parallel,
+            mesh,
+            device=device,
+            precision=cfg.train.precision,
+            reduce_dtype=cfg.train.reduce_dtype,
+        )
+
+    # FSDP2 shards meta parameters, so only the shard is ever allocated; DDP and replicate
+    # keep every parameter anyway, and DDP broadcasts real values when it wraps
+    at_rest_sharded = mesh.dp > 1 and cfg.parallel.zero >= 2
+    if at_rest_sharded:
+        module = wrap(module)
+    weights.materialize(module, owners, cfg=cfg.model, seed=cfg.train.seed, device=device)
+    return module if at_rest_sharded else wrap(module)
 
 
 @dataclass
@@ -131,25 +149,41 @@ class PipelineStepper(Stepper):
         return torch.stack(losses).mean()
 
 
-def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision) -> Stepper:
-    full = build_model(cfg, device)
-    if mesh.pp == 1:
-        return Stepper([_shard(full, cfg, mesh, device)], precision, mesh.tp, Phases(device))
+def build_parts(cfg: RunConfig, mesh: Mesh, device: torch.device) -> list[tuple[int, nn.Module]]:
+    """(stage id, module) of every model part this rank runs, parallelised and initialised:
+    the whole model's share (stage 0 of 1) without pipeline parallelism."""
+    torch.manual_seed(cfg.train.seed)  # anything else random starts alike on every rank
     p = cfg.parallel
+    if mesh.pp == 1:
+        with torch.device("meta"):
+            model = GPT(cfg.model)
+        return [(0, _shard(model, cfg, mesh, device))]
     n_stages = p.pp * pp_mod.stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
     layers = pp_mod.split_layers(cfg.model, n_stages)
     ids = pp_mod.local_stage_ids(mesh.pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    modules, stages = [], []
+    parts = []
     for sid in ids:
-        part = pp_mod.stage_module(full, layers[sid], first=sid == 0, last=sid == n_stages - 1)
-        part = _shard(part, cfg, mesh, device)
-        modules.append(part)
-        stages.append(
-            pp_mod.make_stage(
-                part, stage_id=sid, n_stages=n_stages, device=device, group=mesh.group("pp")
-            )
+        stage = pp_mod.stage_module(
+            cfg.model, layers[sid], first=sid == 0, last=sid == n_stages - 1
         )
-    del full
+        parts.append((sid, _shard(stage, cfg, mesh, device)))
+    return parts
+
+
+def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision) -> Stepper:
+    parts = build_parts(cfg, mesh, device)
+    if mesh.pp == 1:
+        return Stepper([parts[0][1]], precision, mesh.tp, Phases(device))
+    p = cfg.parallel
+    n_stages = p.pp * pp_mod.stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
+    ids = [sid for sid, _ in parts]
+    modules = [part for _, part in parts]
+    stages = [
+        pp_mod.make_stage(
+            part, stage_id=sid, n_stages=n_stages, device=device, group=mesh.group("pp")
+        )
+        for sid, part in parts
+    ]
     n_micro = cfg.train.global_batch // (p.dp * cfg.train.micro_batch)
     loss_fn = PipelineLoss()
     schedule = pp_mod.make_schedule(p.pp_schedule, stages, n_microbatches=n_micro, loss_fn=loss_fn)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from engine.config import RunConfig
 from engine.metrics.analytic import expected_comm_bytes
 from engine.metrics.bandwidth import add_bandwidth, group_size
 from engine.metrics.bandwidth import notes as comm_notes
-from engine.metrics.flops import flops_per_token, hardware_flops_per_token
+from engine.metrics.flops import Peak, flops_per_token, hardware_flops_per_token
 from engine.metrics.memory_model import predict_all
 from engine.metrics.stats import median_ci
 from engine.metrics.timeline import PARTS
@@ -49,8 +48,8 @@ def _mean(values: list[float]) -> float:
 
 def _comm_average(records: list[RankRecord]) -> dict[str, Any]:
     per_rank = [r.comm for r in records if r.comm is not None]
-    if not per_rank:
-        return {"count": 0.0, "bytes": 0.0, "time_s": 0.0, "kinds": {}}
+    if not per_rank:  # no profiled step: not measured, which is not zero
+        return {"count": None, "bytes": None, "time_s": None, "kinds": None}
     kinds = sorted({k for c in per_rank for k in c["kinds"]})
     zero = {"count": 0.0, "bytes": 0.0, "time_s": 0.0}
     return {
@@ -106,24 +105,47 @@ def _memory_prediction(cfg: RunConfig, records: list[RankRecord], device: str) -
     else:
         measured, key = [r.tensor_peak_bytes for r in records], "tensor_peak_bytes"
     known = all(m is not None for m in measured)
+    compared = max(measured) if known and measured else None
     return {
         "predicted_peak_mem_bytes": max(per_rank),
         "predicted_peak_mem_bytes_per_rank": per_rank,
         "mem_breakdown": predictions[top.rank].to_dict(),
         "tensor_peak_bytes": max(measured) if known and device != "cuda" else None,
         "tensor_peak_bytes_per_rank": measured if device != "cuda" else [],
+        # the measured figure the prediction is compared with, like with like (None: no
+        # such measurement in this run, and then no error either)
         "mem_prediction_compared_to": key,
+        "mem_compared_bytes": compared,
         # (predicted - measured) / measured, of the largest rank of each
-        "mem_prediction_error": (max(per_rank) - max(measured)) / max(measured)
-        if known and max(measured)
-        else None,
+        "mem_prediction_error": (max(per_rank) - compared) / compared if compared else None,
     }
 
 
+def _not_measured(
+    cfg: RunConfig, *, with_profiler: bool, device: str, peak: Peak
+) -> dict[str, str]:
+    """Figure -> why this run has no value for it. A null figure is never a zero."""
+    out: dict[str, str] = {}
+    if not with_profiler:
+        why = (
+            f"no profiled step (measure.profile_steps={cfg.measure.profile_steps}, "
+            f"{cfg.train.steps - cfg.train.warmup_steps} measured steps)"
+        )
+        keys = ["comm_count", "comm_bytes", "comm_time_s", "comm", "comm_exposed_s", "breakdown"]
+        if device != "cuda":  # the CPU tensor peak comes from the profiler's memory events
+            keys += ["tensor_peak_bytes", "mem_compared_bytes", "mem_prediction_error"]
+        out.update(dict.fromkeys(keys, why))
+    if not peak.flops:
+        why = peak.note or "no peak FLOP/s known for this device"
+        out.update(dict.fromkeys(("mfu", "hfu"), why))
+    return out
+
+
 def build_result(
-    cfg: RunConfig, records: list[RankRecord], *, peak_flops: float, device: torch.device
+    cfg: RunConfig, records: list[RankRecord], *, peak: Peak, device: torch.device
 ) -> dict[str, Any]:
     """The run JSON (see README, "Run results") from the records of all ranks."""
+    peak_flops = peak.flops
     records = sorted(records, key=lambda r: r.rank)
     n_steps = min(len(r.losses) for r in records)
     # data-parallel ranks hold equal shares of the global batch: the global mean is their mean
@@ -162,9 +184,12 @@ def build_result(
     tps = Spread.of([tokens_per_step / step_times[s] for s in steps])
     ci = median_ci([tokens_per_step / step_times[s] for s in steps])
     comm = _comm_average(records)
-    add_bandwidth(comm["kinds"], group_size(cfg))
-    for kind, stats in comm["kinds"].items():
-        stats["exposed_s"] = _mean([(r.comm_exposed_kinds or {}).get(kind, 0.0) for r in records])
+    if comm["kinds"] is not None:
+        add_bandwidth(comm["kinds"], group_size(cfg))
+        for kind, stats in comm["kinds"].items():
+            stats["exposed_s"] = _mean(
+                [(r.comm_exposed_kinds or {}).get(kind, 0.0) for r in records]
+            )
     breakdown = _breakdown(records)
     peaks = [r.memory["peak_mem_bytes"] for r in records]
     achieved = fpt * tps.median  # model FLOP/s over all ranks
@@ -173,9 +198,9 @@ def build_result(
             "tokens_per_s": tps.median,
             "tokens_per_s_min": tps.min,
             "tokens_per_s_max": tps.max,
-            # distribution-free 95% interval of the median over timed steps, its actual
-            # coverage (below 0.95 with fewer than 6 steps), and the steps' spread
-            "tokens_per_s_ci95": [ci.low, ci.high],
+            # distribution-free interval of the median over timed steps (95% where the
+            # number of steps allows), its actual coverage, and the steps' spread
+            "tokens_per_s_ci": [ci.low, ci.high],
             "tokens_per_s_ci_coverage": ci.coverage,
             "tokens_per_s_cv": ci.cv,
             "repeats": 1,
@@ -216,8 +241,10 @@ def build_result(
             # the analytic volume for the layouts metrics/analytic.py covers (None otherwise)
             "comm_bytes_analytic": expected_comm_bytes(cfg),
             "comm_unknown_dtypes": sorted({d for r in records for d in r.unknown_comm_dtypes}),
-            "comm_notes": comm_notes(cfg, result["backend"]),
+            "comm_notes": comm_notes(cfg, result["backend"], comm["kinds"]),
             "peak_flops_per_device": peak_flops,
+            "peak_flops_source": peak.source,
+            "mfu_note": peak.note,
             "mfu": achieved / (peak_flops * cfg.parallel.n_ranks) if peak_flops else None,
             # hardware FLOPs utilisation: the same, counting activation recomputation
             "hfu": (
@@ -228,6 +255,12 @@ def build_result(
                 else None
             ),
             "final_loss": losses[-1],
+            "not_measured": _not_measured(
+                cfg,
+                with_profiler=bool(breakdown["breakdown"]),
+                device=device.type,
+                peak=peak,
+            ),
             # checkpoint I/O, slowest rank: mean seconds per save, and the one load on resume
             "ckpt_save_s": _mean(
                 [max(r.ckpt_save_s[i] for r in records) for i in range(len(records[0].ckpt_save_s))]
@@ -237,46 +270,6 @@ def build_result(
         }
     )
     return result
-
-
-def merge_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result from independent launches of the same configuration: throughput statistics
-    over the timed steps of all of them, memory as the maximum, communication as the mean."""
-    if len(results) == 1:
-        return results[0]
-    merged = dict(results[0])
-    tokens = merged["tokens_per_step"]
-    samples = [tokens / r["step_times_s"][i] for r in results for i in r["timed_steps"]]
-    times = [r["step_times_s"][i] for r in results for i in r["timed_steps"]]
-    ci, spread = median_ci(samples), Spread.of(samples)
-    merged.update(
-        {
-            "repeats": len(results),
-            "tokens_per_s": ci.median,
-            "tokens_per_s_min": spread.min,
-            "tokens_per_s_max": spread.max,
-            "tokens_per_s_ci95": [ci.low, ci.high],
-            "tokens_per_s_ci_coverage": ci.coverage,
-            "tokens_per_s_cv": ci.cv,
-            "tokens_per_s_repeats": [r["tokens_per_s"] for r in results],
-            "step_time_s": statistics.median(times),
-            "step_time_s_min": min(times),
-            "step_time_s_max": max(times),
-            "peak_mem_bytes": max(r["peak_mem_bytes"] for r in results),
-        }
-    )
-    for key in ("comm_count", "comm_bytes", "comm_time_s", "data_time_s", "comm_exposed_s"):
-        values = [r.get(key) for r in results]
-        if all(v is not None for v in values):
-            merged[key] = _mean(values)
-    # the breakdown and the memory figures stay those of the first launch (its profiled steps)
-    if merged.get("mfu") is not None:
-        merged["mfu"] = (
-            merged["flops_per_token"]
-            * ci.median
-            / (merged["peak_flops_per_device"] * merged["world_size"])
-        )
-    return merged
 
 
 def record_to_dict(record: RankRecord) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from engine import dist as edist
 from engine.config import RunConfig
-from engine.metrics.flops import cpu_peak, gpu_peak
+from engine.metrics.flops import Peak, cpu_peak, gpu_peak, override_flops
 from engine.results import build_result, write_json_atomic
 from engine.train import RankRecord, train
 from engine.validate import validate
@@ -32,12 +32,18 @@ def setup_logging(rank: int) -> None:
     )
 
 
-def _peak_flops(cfg: RunConfig, ctx: edist.DistContext) -> float:
-    if cfg.peak_flops:
-        return cfg.peak_flops
-    if ctx.device.type == "cuda":
-        return gpu_peak(ctx.device, cfg.train.precision)
-    return cpu_peak(torch.get_num_threads(), cfg.train.precision)
+def resolve_peak(cfg: RunConfig, device: torch.device) -> Peak | None:
+    """The MFU peak, settled before training so that an unknown device costs the MFU figure
+    and a warning, never the run. None on CPU without an override: the matmul is measured
+    after training (``measured_peak``), so that it never competes with the ranks for cores."""
+    override = override_flops(cfg.measure.peak_tflops, cfg.peak_flops)
+    if device.type == "cuda":
+        return gpu_peak(torch.cuda.get_device_name(device), cfg.train.precision, override=override)
+    return Peak(override, "override") if override else None
+
+
+def measured_peak(cfg: RunConfig) -> Peak:
+    return Peak(cpu_peak(torch.get_num_threads(), cfg.train.precision), "measured-cpu")
 
 
 def _gather(record: RankRecord, ctx: edist.DistContext) -> list[RankRecord]:
@@ -53,12 +59,13 @@ def run(cfg: RunConfig) -> dict | None:
     cfg = validate(cfg)
     ctx = edist.init(cfg)
     try:
+        peak = resolve_peak(cfg, ctx.device) if ctx.is_main else None
         record = train(cfg, ctx)
         records = _gather(record, ctx)
         if not ctx.is_main:
             return None
-        # measured (or looked up) after training, so it never competes with the run for cores
-        result = build_result(cfg, records, peak_flops=_peak_flops(cfg, ctx), device=ctx.device)
+        peak = peak or measured_peak(cfg)
+        result = build_result(cfg, records, peak=peak, device=ctx.device)
         if cfg.out:
             write_json_atomic(cfg.out, result)
         return result

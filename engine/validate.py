@@ -43,7 +43,8 @@ def _divisors(n: int) -> list[int]:
 
 def validate_model(cfg: RunConfig) -> None:
     m = cfg.model
-    for key in ("n_layers", "n_heads", "d_model", "d_ff", "vocab_size", "seq_len"):
+    keys = ("n_layers", "n_heads", "d_model", "d_ff", "vocab_size", "vocab_pad_multiple", "seq_len")
+    for key in keys:
         _positive(f"model.{key}", getattr(m, key))
     _one_of("model.mlp", m.mlp, MLP_TYPES)
     _one_of("model.norm", m.norm, NORM_TYPES)
@@ -129,8 +130,29 @@ def validate_values(cfg: RunConfig) -> None:
             f"`{key}` wraps gloo process groups and works on CPU only, but device=cuda; "
             "set device=cpu or leave it unset."
         )
-    if cfg.peak_flops < 0:
-        raise ConfigError(f"`peak_flops` must be >= 0, but got peak_flops={cfg.peak_flops}.")
+    validate_peak(cfg)
+
+
+def validate_peak(cfg: RunConfig) -> None:
+    """The MFU peak override: a finite number > 0, or 0 for "look up / measure"."""
+    tflops, flops = cfg.measure.peak_tflops, cfg.peak_flops
+    for key, value in (("measure.peak_tflops", tflops), ("peak_flops", flops)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ConfigError(
+                f"`{key}` must be a finite number > 0 (or 0: the datasheet table on GPUs, a "
+                f"measured matmul on CPUs), but got {key}={value!r}."
+            )
+    if tflops and flops and not math.isclose(tflops * 1e12, flops, rel_tol=1e-6):
+        raise ConfigError(
+            f"`measure.peak_tflops` and `peak_flops` (FLOP/s) disagree: measure.peak_tflops="
+            f"{tflops} is {tflops * 1e12:.4g} FLOP/s, but peak_flops={flops:.4g}; set only "
+            "measure.peak_tflops."
+        )
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -178,15 +200,27 @@ def _check_tensor(cfg: RunConfig) -> None:
         )
     if p.tp == 1:
         return
-    sizes = {"model.n_heads": m.n_heads, "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size}
+    # the embedding and head split the padded vocabulary, so that is what tp must divide
+    vocab_key = (
+        f"the padded vocabulary (model.vocab_size={m.vocab_size} rounded up to a multiple of "
+        f"model.vocab_pad_multiple={m.vocab_pad_multiple})"
+    )
+    sizes = {"model.n_heads": m.n_heads, "model.d_ff": m.d_ff, vocab_key: m.padded_vocab_size}
     if p.sp:
         sizes["model.seq_len"] = m.seq_len
     for key, size in sizes.items():
         if size % p.tp:
             valid = [d for d in _divisors(math.gcd(*sizes.values())) if d <= 64]
+            hint = ""
+            if key == vocab_key:
+                hint = (
+                    f"; or set model.vocab_pad_multiple to a multiple of {p.tp} (e.g. "
+                    f"{math.lcm(m.vocab_pad_multiple, p.tp)})"
+                )
+            own = [d for d in _divisors(size) if d <= 64]
             raise ConfigError(
-                f"`parallel.tp`={p.tp} must divide {key}={size} (each rank takes an equal share); "
-                f"valid parallel.tp for this model: {valid}."
+                f"`parallel.tp`={p.tp} must divide {key}={size} (each rank takes an equal share; "
+                f"its divisors up to 64: {own}); valid parallel.tp for this model: {valid}{hint}."
             )
 
 

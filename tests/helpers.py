@@ -26,7 +26,7 @@ RESULT_KEYS = (
     "n_params",
     "losses",
     "config",
-    "tokens_per_s_ci95",
+    "tokens_per_s_ci",
     "tokens_per_s_cv",
 )
 

@@ -50,6 +50,9 @@ OBJECTIVES = {  # metric -> direction
     "comm_bytes": "minimize",
     "comm_time_s": "minimize",
 }
+# objectives read from the profiled steps: without them they are not measured (null), and a
+# sweep optimising them would optimise nothing
+PROFILED_OBJECTIVES = ("comm_bytes", "comm_time_s")
 
 
 @dataclass
@@ -60,6 +63,8 @@ class SweepConfig:
     storage: str = ""  # Optuna storage URL; "" = sqlite file in the sweep's folder
     out_dir: str = "reports"
     seed: int = 0  # sampler seed
+    # resume (or share) the study on a machine other than the one it was measured on
+    allow_other_machine: bool = False
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """One trial = one process group of N engine ranks, with a verdict on how it ended.
 
-Failure taxonomy: ``oom`` (out of memory, or killed by the kernel's OOM killer), ``timeout``,
-``nan`` (the engine stopped a diverged run), ``crash`` (any other non-zero exit, or no result).
+Failure taxonomy: ``oom`` (an allocator's out-of-memory error, or the kernel's OOM killer),
+``timeout``, ``nan`` (the engine stopped a diverged run), ``crash`` (any other failure, or no
+complete result). The evidence and its order are in tuner/failures.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,12 @@ import torch
 
 from engine.config import ConfigError, RunConfig
 from engine.launch import engine_command, launch
-from engine.results import merge_repeats, write_json_atomic
-from engine.runner import EXIT_DIVERGED
+from engine.repeats import merge as merge_repeats
+from engine.results import write_json_atomic
 from tuner.config import LauncherConfig
+from tuner.failures import classify
 
 log = logging.getLogger(__name__)
-
-_OOM = re.compile(r"out of memory|MemoryError|std::bad_alloc|CUDA error: out of memory", re.I)
-_ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception)|RuntimeError|AssertionError)\b.*")
-SIGKILL, SIGABRT = -9, -6
 
 
 @dataclass
@@ -57,34 +55,6 @@ def check_machine(cfg: RunConfig, launcher: LauncherConfig) -> None:
         )
 
 
-def _last_error(log_paths: list[Path]) -> str:
-    for path in log_paths:
-        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-        for line in reversed(lines):
-            if _ERROR_LINE.match(line.strip()):
-                return line.strip()[:300]
-    return ""
-
-
-def _classify(
-    codes: list[int | None], timed_out: bool, result: dict | None, logs: list[Path]
-) -> tuple[str | None, str]:
-    text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
-    if (result is not None and result.get("status") == "nan") or EXIT_DIVERGED in codes:
-        return "nan", (result or {}).get("error", "loss diverged (NaN/inf)")
-    if timed_out:
-        return "timeout", ""
-    if _OOM.search(text) or SIGKILL in codes:
-        return "oom", _last_error(logs) or f"a rank was killed (exit codes {codes})"
-    if (
-        result is not None
-        and result.get("status") == "ok"
-        and all(c in (0, SIGABRT) for c in codes)
-    ):
-        return None, ""  # finished and wrote its result; an abort during exit is not a failure
-    return "crash", _last_error(logs) or f"exit codes {codes}"
-
-
 def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> TrialOutcome:
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"
@@ -99,10 +69,11 @@ def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> Tri
         timeout_s=launcher.timeout_s,
     )
     result = json.loads(result_path.read_text()) if result_path.exists() else None
-    reason, detail = _classify(launched.returncodes, launched.timed_out, result, launched.log_paths)
+    verdict = classify(launched, result)
+    reason, detail = verdict.reason, verdict.detail
     if reason == "timeout":
         detail = f"no result within launcher.timeout_s={launcher.timeout_s:g}s"
-    if reason is None and any(c == SIGABRT for c in launched.returncodes):
+    if reason is None and -signal.SIGABRT in launched.returncodes:
         log.warning(
             "a rank aborted at exit after writing complete results (%s)", launched.returncodes
         )

@@ -22,10 +22,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
 from tuner.config import OBJECTIVES, Loaded
+from tuner.machine import Machine, describe_record, now_iso
+from tuner.machine import current as current_machine
 
 log = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running a trial
+MACHINE_ATTR = "machine"  # on each trial: the id of the machine that measured it
+MACHINES_ATTR = "machines"  # on the study: id -> the machine's record, first one first
 
 
 def sweep_dir(cfg: Loaded) -> Path:
@@ -79,7 +83,10 @@ def base_overrides(cfg: Loaded, searched: list[str]) -> list[str]:
     return kept
 
 
-def open_study(cfg: Loaded, searched: list[str]) -> optuna.Study:
+def open_study(cfg: Loaded, searched: list[str]) -> tuple[optuna.Study, Machine]:
+    """Create or resume the sweep's study; returns it with the machine this process measures
+    on (recorded in the study). A resume that would mix measurements is refused."""
+    machine = current_machine()
     directions = [OBJECTIVES[o] for o in cfg.sweep.objectives]
     study = optuna.create_study(
         study_name=cfg.sweep.name,
@@ -96,9 +103,36 @@ def open_study(cfg: Loaded, searched: list[str]) -> optuna.Study:
         study.set_user_attr("objectives", cfg.sweep.objectives)
         study.set_user_attr("sweep_name", cfg.sweep.name)
         study.set_user_attr("base_overrides", base_overrides(cfg, searched))
-        return study
+        study.set_user_attr(MACHINES_ATTR, {machine.id: _machine_record(machine)})
+        return study, machine
     _check_resumable(cfg, study, fixed, stored, searched, directions)
-    return study
+    _check_machine(cfg, study, machine)
+    return study, machine
+
+
+def _machine_record(machine: Machine) -> dict[str, Any]:
+    return {**machine.to_dict(), "first_seen": now_iso()}
+
+
+def _check_machine(cfg: Loaded, study: optuna.Study, machine: Machine) -> None:
+    """Refuse to add measurements from another machine, unless sweep.allow_other_machine."""
+    machines = dict(study.user_attrs.get(MACHINES_ATTR) or {})
+    if machine.id in machines:
+        return
+    if not cfg.sweep.allow_other_machine:
+        first_id, first = next(iter(machines.items()), ("?", {}))
+        diffs = ", ".join(machine.differences(first)) or "unrecorded machine"
+        raise ConfigError(
+            f"sweep.name={cfg.sweep.name} was measured on {describe_record(first)} "
+            f"[{first_id}]; this machine differs ({diffs}), and resuming here would mix "
+            "measurements that cannot be compared. Use another sweep.name, or "
+            "sweep.allow_other_machine=true to add them anyway (the report then lists both)."
+        )
+    log.warning(
+        "sweep %s: adding measurements from another machine, %s", cfg.sweep.name, machine.describe()
+    )
+    machines[machine.id] = _machine_record(machine)
+    study.set_user_attr(MACHINES_ATTR, machines)
 
 
 def _check_resumable(

@@ -12,13 +12,25 @@ def _row(name: str, value: str) -> str:
 
 
 def _throughput(r: dict[str, Any]) -> str:
-    low, high = r["tokens_per_s_ci95"]
-    n = len(r["timed_steps"]) * r.get("repeats", 1)
-    runs = f" in {r['repeats']} runs" if r.get("repeats", 1) > 1 else ""
+    low, high = r["tokens_per_s_ci"]
+    repeats = r.get("repeats", 1)
+    # a merged result keeps each launch's timed steps (a list per launch)
+    n = sum(map(len, r["timed_steps"])) if repeats > 1 else len(r["timed_steps"])
+    runs = f" in {repeats} runs" if repeats > 1 else ""
+    profiled = (
+        "; timed steps ran under the profiler (no unprofiled measured step)"
+        if r.get("timing_includes_profiler")
+        else ""
+    )
     return (
         f"{r['tokens_per_s']:,.0f} median, {100 * r['tokens_per_s_ci_coverage']:.0f}% interval "
         f"[{low:,.0f}, {high:,.0f}], CV {100 * r['tokens_per_s_cv']:.1f}% over {n} steps{runs}"
+        f"{profiled}"
     )
+
+
+def _not_measured(r: dict[str, Any], key: str) -> str:
+    return f"not measured: {r.get('not_measured', {}).get(key, 'no value in the result')}"
 
 
 def format_run(r: dict[str, Any]) -> str:
@@ -33,7 +45,10 @@ def format_run(r: dict[str, Any]) -> str:
             layout += f"x{p['pp_virtual_stages']}"
     if t["activation_checkpointing"] != "none":
         layout += f" ac={t['activation_checkpointing']}"
-    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    if r.get("mfu") is not None:
+        mfu = f"{100 * r['mfu']:.1f}% of {r['peak_flops_per_device']:.3g} FLOP/s per device"
+    else:
+        mfu = _not_measured(r, "mfu")
     losses = r["losses"]
     lines = [
         f"model {m['name']} ({r['n_params'] / 1e6:.2f}M params), {layout}, "
@@ -49,12 +64,12 @@ def format_run(r: dict[str, Any]) -> str:
             "communication/step",
             f"{r['comm_count']:.0f} collectives, "
             f"{r['comm_bytes'] / MIB:.2f} MiB, {1e3 * r['comm_time_s']:.1f} ms (per rank)"
-            if r.get("breakdown") is not None
-            else "not measured (no profiled step: measure.profile_steps=0)",
+            if r.get("comm_count") is not None
+            else _not_measured(r, "comm_count"),
         ),
         _row(
             "MFU",
-            f"{mfu} of {r['peak_flops_per_device']:.3g} FLOP/s per device"
+            mfu
             + (f" (HFU {100 * r['hfu']:.1f}%)" if r.get("hfu") and r["hfu"] != r["mfu"] else ""),
         ),
         _row("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps"),
@@ -70,7 +85,7 @@ def format_run(r: dict[str, Any]) -> str:
         lines.append(
             _row("fp16 loss scale", f"{r['loss_scale']:g}, {r['skipped_steps']} step(s) skipped")
         )
-    for kind, s in sorted(r.get("comm", {}).items()):
+    for kind, s in sorted((r.get("comm") or {}).items()):
         exposed = f", {1e3 * s['exposed_s']:.1f} ms exposed" if "exposed_s" in s else ""
         lines.append(
             _row(
@@ -99,15 +114,12 @@ def _measurements(r: dict[str, Any]) -> list[str]:
             )
         )
     if r.get("predicted_peak_mem_bytes") is not None:
-        measured = r.get("tensor_peak_bytes") or (
-            r["peak_mem_bytes"] if r.get("mem_prediction_compared_to") == "peak_mem_bytes" else None
-        )
-        error = r.get("mem_prediction_error")
+        measured, error = r.get("mem_compared_bytes"), r.get("mem_prediction_error")
         vs = (
             f" vs measured {measured / MIB:,.1f} ({r['mem_prediction_compared_to']}), "
             f"error {100 * error:+.1f}%"
             if measured and error is not None
-            else ""
+            else f"; {r['mem_prediction_compared_to']} {_not_measured(r, 'mem_compared_bytes')}"
         )
         split = ", ".join(f"{k} {v / MIB:.1f}" for k, v in r["mem_breakdown"].items())
         lines.append(

@@ -15,10 +15,11 @@ from optuna.trial import FrozenTrial, TrialState
 from engine.config import ConfigError
 from engine.validate import validate
 from tuner import space as space_mod
-from tuner.config import Loaded, replace_keys
+from tuner.config import OBJECTIVES, PROFILED_OBJECTIVES, Loaded, replace_keys
 from tuner.launch import TrialOutcome, check_machine, run_trial
 from tuner.report import write_report
 from tuner.study import (
+    MACHINE_ATTR,
     WORKER_ATTR,
     open_study,
     recover_interrupted,
@@ -55,9 +56,10 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
     keep["comm"] = result.get("comm", {})
     keep["comm_notes"] = result.get("comm_notes", [])
-    low, high = result.get("tokens_per_s_ci95") or (None, None)
+    low, high = result.get("tokens_per_s_ci") or (None, None)
     keep["tokens_per_s_ci_low"], keep["tokens_per_s_ci_high"] = low, high
     keep["losses"] = result.get("losses", [])
+    keep["not_measured"] = result.get("not_measured", {})
     # flat columns for trials.csv: seconds per step by part, predicted bytes by part
     for part, seconds in (result.get("breakdown") or {}).items():
         keep[f"breakdown_{part}_s"] = seconds
@@ -102,20 +104,27 @@ def _finish(
     if outcome.result is not None:
         for key, value in _metrics(outcome.result).items():
             trial.set_user_attr(key, value)
-    if outcome.ok and outcome.result is not None:
+    missing = [o for o in objectives if (outcome.result or {}).get(o) is None]
+    if outcome.ok and outcome.result is not None and missing:
+        why = outcome.result.get("not_measured", {})
+        outcome.reason = "unmeasured"
+        outcome.detail = "; ".join(f"{o}: {why.get(o, 'not in the result')}" for o in missing)
+    elif outcome.ok and outcome.result is not None:
         values = [float(outcome.result[o]) for o in objectives]
         tell(study, trial, values)
         return f"ok {outcome.result['tokens_per_s']:.1f} tok/s"
     trial.set_user_attr("fail_reason", outcome.reason)
     trial.set_user_attr("fail_detail", outcome.detail)
     tell(study, trial, state=TrialState.FAIL)
-    return f"FAILED ({outcome.reason}: {outcome.detail[:60]})"
+    # the detail leads with the rank and its error; allocator messages sit past 60 characters
+    return f"FAILED ({outcome.reason}: {outcome.detail[:160]})"
 
 
 def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> str:
     """Record a repeat of ``earlier`` without running it again (Optuna's advice for duplicates)."""
     trial.set_user_attr("duplicate_of", earlier.number)
     for key, value in earlier.user_attrs.items():
+        # the machine too: the figures are the earlier trial's, measured there
         if key not in (WORKER_ATTR, "duplicate_of", LAYOUT_ATTR):
             trial.set_user_attr(key, value)
     if earlier.state == TrialState.COMPLETE:
@@ -135,11 +144,13 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
         )
     space = space_mod.build(cfg.space, cfg.run)
     searched = list(space.distributions)
+    check_objectives(cfg, space)
     out = sweep_dir(cfg)
-    study = open_study(cfg, searched)
+    study, machine = open_study(cfg, searched)
     recover_interrupted(study)
     progress = Progress(cfg.sweep.n_trials, cfg.sweep.objectives[0], echo)
     echo(f"sweep {cfg.sweep.name}: searching {searched} -> {out}")
+    echo(f"measuring on {machine.describe()}")
     repeats, layouts = 0, space.distinct_layouts(cfg.run)
     while sum(_counts(t) for t in study.get_trials(deepcopy=False)) < cfg.sweep.n_trials:
         trials = study.get_trials(deepcopy=False)
@@ -155,6 +166,7 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
             break
         trial = study.ask(space.distributions)
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        trial.set_user_attr(MACHINE_ATTR, machine.id)
         key = space_mod.layout_key(cfg.run, trial.params)
         trial.set_user_attr(LAYOUT_ATTR, key)
         earlier = _earlier_same(study, key, trial.number)
@@ -168,6 +180,23 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     report = write_report(study, out)
     echo(f"report: {report}")
     return report
+
+
+def check_objectives(cfg: Loaded, space: space_mod.SearchSpace) -> None:
+    """Refuse objectives that some trial of this sweep would not measure, before any launch."""
+    needs = [o for o in cfg.sweep.objectives if o in PROFILED_OBJECTIVES]
+    dist = space.distributions.get("measure.profile_steps")
+    if dist is None:
+        can_be_off = cfg.run.measure.profile_steps == 0
+    else:
+        can_be_off = 0 in getattr(dist, "choices", ()) or getattr(dist, "low", 1) <= 0
+    if needs and can_be_off:
+        raise ConfigError(
+            f"sweep.objectives={cfg.sweep.objectives} includes {needs}, measured in the profiled "
+            "steps only, but measure.profile_steps can be 0 in this sweep; valid: "
+            "measure.profile_steps >= 1, or objectives from "
+            f"{[o for o in OBJECTIVES if o not in PROFILED_OBJECTIVES]}."
+        )
 
 
 def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -> str:

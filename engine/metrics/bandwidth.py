@@ -15,12 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import RunConfig
+from engine.metrics.comm import UNATTRIBUTED
+from engine.metrics.comm_trace import canonical_kind
 
 
 def _factor(kind: str, n: int) -> float | None:
+    kind = canonical_kind(kind)  # FSDP's `_all_gather_base` is an all-gather, and so on
     if kind == "all_reduce":
         return 2 * (n - 1) / n
-    if kind in ("all_gather", "reduce_scatter", "all_to_all", "alltoall"):
+    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
         return (n - 1) / n
     if kind in ("broadcast", "reduce", "send", "recv"):
         return 1.0
@@ -34,24 +37,35 @@ def group_size(cfg: RunConfig) -> int | None:
 
 
 def add_bandwidth(kinds: dict[str, dict[str, Any]], group: int | None) -> None:
-    """Add ``algbw_gbps`` and ``busbw_gbps`` (GB/s, 1e9 bytes) to each kind's figures."""
+    """Add ``algbw_gbps`` and ``busbw_gbps`` (GB/s, 1e9 bytes) to each kind's figures; none for
+    ``unattributed`` kernel time, whose bytes are unknown."""
     for kind, stats in kinds.items():
         algbw = busbw = None
-        if group is not None and stats["time_s"] > 0:
-            size = stats["bytes"] * (group if kind == "all_gather" else 1)
+        if group is not None and stats["time_s"] > 0 and kind != UNATTRIBUTED:
+            # bytes are one rank's input: for an all-gather its shard, 1/n of the array
+            gathers = canonical_kind(kind) == "all_gather"
+            size = stats["bytes"] * (group if gathers else 1)
             algbw = size / stats["time_s"] / 1e9
             factor = _factor(kind, group)
             busbw = algbw * factor if factor is not None else None
         stats["algbw_gbps"], stats["busbw_gbps"] = algbw, busbw
 
 
-def notes(cfg: RunConfig, backend: str) -> list[str]:
-    """Where these CPU figures differ from what NCCL would do."""
+def notes(cfg: RunConfig, backend: str, kinds: dict[str, Any] | None = None) -> list[str]:
+    """Where these figures differ from what they seem: gloo's reduce-scatter, and NCCL kernel
+    time that could not be tied to its collective (``kinds``: the run's per-kind figures)."""
     out = []
     if backend == "gloo" and (cfg.parallel.zero >= 2 or cfg.parallel.sp or cfg.parallel.tp > 1):
         out.append(
             "gloo carries out reduce-scatter as an all-reduce of the full buffer: FSDP's "
             "gradient reduction and sequence parallelism's reduce-scatters appear as all_reduce "
             "and move about twice the bytes NCCL's reduce-scatter would."
+        )
+    if backend == "nccl" and UNATTRIBUTED in (kinds or {}):
+        out.append(
+            "each NCCL kernel's time goes to the collective that launched it (the profiler's "
+            "link to the `nccl:*` call) or that its name states; a kernel with neither (NCCL's "
+            f"`Generic` kernel, or a SendRecv kernel, without the link) is counted under "
+            f"`{UNATTRIBUTED}`: its time is in comm_time_s, its bandwidth left empty."
         )
     return out

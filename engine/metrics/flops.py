@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,11 +18,41 @@ from engine.model import count_params
 
 log = logging.getLogger(__name__)
 
-# Dense peak FLOP/s per device, from vendor datasheets (no sparsity).
+
+def _peaks(*, fp32: float | None, bf16: float) -> dict[str, float]:
+    """TFLOP/s figures -> FLOP/s per precision (fp16 runs at the bf16 tensor-core rate)."""
+    out = {"bf16": bf16 * 1e12, "fp16": bf16 * 1e12}
+    if fp32 is not None:
+        out["fp32"] = fp32 * 1e12
+    return out
+
+
+# Dense peak FLOP/s per device, keyed by the exact name torch.cuda.get_device_name reports, so a
+# PCIe card never gets its SXM sibling's figure. Datasheets quote bf16/fp16 tensor-core rates
+# "with sparsity": the dense figure is half of it. fp32 is the plain (non-tensor-core) rate, since
+# torch leaves TF32 matmuls off by default and the engine does not turn them on. A precision a
+# datasheet does not state is left out: the run then reports no MFU rather than a guess.
 GPU_PEAKS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},  # SXM
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    # NVIDIA H100 Tensor Core GPU datasheet: SXM 1,979 / PCIe 1,513 / NVL 1,671 TFLOPS bf16*
+    "NVIDIA H100 80GB HBM3": _peaks(fp32=67, bf16=989.5),
+    "NVIDIA H100 PCIe": _peaks(fp32=51, bf16=756.5),
+    "NVIDIA H100 NVL": _peaks(fp32=60, bf16=835.5),
+    # NVIDIA H200 Tensor Core GPU datasheet: SXM as H100 SXM, NVL as H100 NVL
+    "NVIDIA H200": _peaks(fp32=67, bf16=989.5),
+    "NVIDIA H200 NVL": _peaks(fp32=60, bf16=835.5),
+    # NVIDIA A100 Tensor Core GPU datasheet: 19.5 TFLOPS fp32, 312 TFLOPS bf16 dense, all forms
+    "NVIDIA A100-SXM4-40GB": _peaks(fp32=19.5, bf16=312),
+    "NVIDIA A100-SXM4-80GB": _peaks(fp32=19.5, bf16=312),
+    "NVIDIA A100-PCIE-40GB": _peaks(fp32=19.5, bf16=312),
+    "NVIDIA A100 80GB PCIe": _peaks(fp32=19.5, bf16=312),
+    # NVIDIA L4 datasheet: 30.3 TFLOPS fp32, 242 TFLOPS bf16*
+    "NVIDIA L4": _peaks(fp32=30.3, bf16=121),
+    # NVIDIA L40S datasheet: 91.6 TFLOPS fp32, 362.05 TFLOPS bf16 dense (733*)
+    "NVIDIA L40S": _peaks(fp32=91.6, bf16=362.05),
+    # NVIDIA HGX B200 datasheet: 36 PFLOPS fp16/bf16* for 8 GPUs (fp32: not stated per GPU)
+    "NVIDIA B200": _peaks(fp32=None, bf16=2250),
+    # AMD Instinct MI300X data sheet: 163.4 TFLOPS fp32 vector, 1307.4 TFLOPS fp16/bf16 dense
+    "AMD Instinct MI300X": _peaks(fp32=163.4, bf16=1307.4),
 }
 
 
@@ -48,14 +80,36 @@ def hardware_flops_per_token(cfg: ModelConfig, activation_checkpointing: str) ->
     return total + (total - head) / 3.0
 
 
-def gpu_peak(device: torch.device, precision: str) -> float:
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in GPU_PEAKS.items():
-        if key in name:
-            return peaks[precision]
-    raise ValueError(
-        f"no peak FLOP/s known for GPU {name!r}; set `peak_flops` (known: {list(GPU_PEAKS)})."
+@dataclass(frozen=True)
+class Peak:
+    """One device's peak FLOP/s for MFU, where it came from, and why there is none."""
+
+    flops: float | None  # None: unknown, so the run reports no MFU/HFU
+    source: str | None  # "override", "table:<device name>", "measured-cpu"; None if unknown
+    note: str | None = None  # why `flops` is None (goes to the result as `mfu_note`)
+
+
+def override_flops(peak_tflops: float, peak_flops: float) -> float:
+    """The user's peak in FLOP/s: `measure.peak_tflops` (TFLOP/s), else the older top-level
+    `peak_flops` (FLOP/s); 0 when neither is set (validated to agree when both are)."""
+    return peak_tflops * 1e12 if peak_tflops else peak_flops
+
+
+def gpu_peak(device_name: str, precision: str, *, override: float = 0.0) -> Peak:
+    """The peak of the GPU ``device_name`` (as torch.cuda.get_device_name gives it) at
+    ``precision``: the override when set, else the table entry of exactly that name, else
+    unknown (with a warning). Needs no GPU; never raises for an unknown device."""
+    if override:
+        return Peak(override, "override")
+    peaks = GPU_PEAKS.get(device_name.strip(), {})
+    if precision in peaks:
+        return Peak(peaks[precision], f"table:{device_name.strip()}")
+    note = (
+        f"no peak FLOP/s known for GPU {device_name!r} at {precision}, so MFU is null; set "
+        f"measure.peak_tflops=<dense TFLOP/s per device> (known devices: {sorted(GPU_PEAKS)})"
     )
+    log.warning("%s", note)
+    return Peak(None, None, note)
 
 
 def _cache_path() -> Path:
@@ -84,7 +138,21 @@ def measure_cpu_peak(
 
 
 def cpu_peak(threads: int, precision: str) -> float:
-    """Measured matmul peak of one rank's threads, cached per machine, thread count and dtype."""
+    """Measured matmul peak of one rank's threads, cached per machine, thread count and dtype.
+
+    bf16/fp16 runs use autocast, which runs some ops in the low precision and the rest in
+    fp32, and a CPU without native fp16 arithmetic computes fp16 in fp32 after converting; no
+    mix runs faster than the faster of the two rates, so the peak of bf16/fp16 is the larger
+    of that dtype's matmul and fp32's. (A plain fp16 matmul can run tens of times slower than
+    fp32 on such a CPU: against that figure alone MFU exceeded 100%.)
+    """
+    peak = _cached_cpu_peak(threads, precision)
+    if precision != "fp32":
+        peak = max(peak, _cached_cpu_peak(threads, "fp32"))
+    return peak
+
+
+def _cached_cpu_peak(threads: int, precision: str) -> float:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     key = f"{platform.node()}|{platform.processor() or platform.machine()}|{threads}|{precision}"
     path = _cache_path()
@@ -92,11 +160,16 @@ def cpu_peak(threads: int, precision: str) -> float:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    if key not in cache:
-        cache[key] = measure_cpu_peak(threads, dtype)
+    value = cache.get(key)
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return float(value)
+    cache[key] = measure_cpu_peak(threads, dtype)
+    log.info("measured CPU peak %.3g FLOP/s for %s", cache[key], key)
+    try:  # a cache that cannot be written costs a measurement next time, never the run
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1))
         os.replace(tmp, path)
-        log.info("measured CPU peak %.3g FLOP/s for %s", cache[key], key)
+    except OSError as err:
+        log.warning("could not cache the CPU peak in %s: %s", path, err)
     return float(cache[key])

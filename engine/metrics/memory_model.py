@@ -24,11 +24,17 @@ head's tensors are gone.
 Two moments compete for the peak: the start of the last backward (activations, loss head,
 gradients of earlier micro-batches) and the optimizer step (all gradients, optimizer
 temporaries). The larger is the prediction; its parts are the breakdown.
+
+Building the model is a third, host-side moment (``host_build``, reported beside the parts and
+not in ``total``): each rank builds its part on the meta device and initialises it one full
+parameter at a time on the CPU (engine/weights.py), so the host holds the largest full
+parameter this rank initialises and its slice, plus, on a CPU device, the rank's shard itself.
+Embedding and head count with the padded vocabulary (model.vocab_pad_multiple).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from engine.config import RunConfig
 from engine.mesh import coordinates
@@ -46,6 +52,7 @@ class MemoryPrediction:
     grads: int
     optimizer: int
     activations: int
+    host_build: int = 0  # peak host bytes while the model part is built (not in total)
 
     @property
     def total(self) -> int:
@@ -67,13 +74,52 @@ def _block_params(cfg: RunConfig) -> int:
 
 def _stage_params(cfg: RunConfig, layers: int, *, first: bool, last: bool) -> int:
     m, tp = cfg.model, cfg.parallel.tp
+    vocab = m.padded_vocab_size
     n = layers * _block_params(cfg)
     if first:
-        n += m.vocab_size * m.d_model + (m.seq_len * m.d_model if m.position == "learned" else 0)
+        n += vocab * m.d_model + (m.seq_len * m.d_model if m.position == "learned" else 0)
     if last:
         n += m.d_model * (2 if m.norm == "layernorm" and m.bias else 1)
-        n += m.vocab_size * m.d_model // tp  # vocabulary-parallel head
+        n += vocab * m.d_model // tp  # vocabulary-parallel head
     return n
+
+
+def _largest_param(cfg: RunConfig, *, layers: int, first: bool, last: bool) -> int:
+    """Elements of the largest full (unsharded) parameter of a stage."""
+    m = cfg.model
+    sizes = [m.d_model * max(m.d_model, m.d_ff)] if layers else []
+    if first:
+        sizes += [m.padded_vocab_size * m.d_model, m.seq_len * m.d_model]
+    if last:
+        sizes.append(m.padded_vocab_size * m.d_model)
+    return max(sizes, default=0)
+
+
+def host_build_bytes(cfg: RunConfig, rank: int, device: str) -> int:
+    """Peak host bytes while rank ``rank`` builds and initialises its part (module docstring)."""
+    p = cfg.parallel
+    pp_rank, _, _ = coordinates(rank, p)
+    ids, split, n_stages = _local_stages(cfg, pp_rank)
+    largest = max(
+        _largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids
+    )
+    # the full value, and this rank's slice of it when a copy is needed to make it contiguous
+    transient = FP32 * (largest + (largest // p.tp if p.tp > 1 else 0))
+    if device != "cpu":
+        return transient
+    psi = sum(_stage_params(cfg, len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids)
+    shard = FP32 * psi // (p.dp if p.dp > 1 and p.zero >= 2 else 1)
+    return shard + transient
+
+
+def _local_stages(cfg: RunConfig, pp_rank: int) -> tuple[list[int], list[list[int]], int]:
+    """(this pipeline rank's stage ids, layers of every stage, number of stages)."""
+    p, m = cfg.parallel, cfg.model
+    n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
+    if p.pp == 1:
+        return [0], [list(range(m.n_layers))], 1
+    ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+    return ids, split_layers(m, n_stages), n_stages
 
 
 def _layer_activation_bytes(cfg: RunConfig, tokens: int) -> int:
@@ -112,7 +158,7 @@ def _loss_head_bytes(cfg: RunConfig, tokens: int) -> int:
     # the fp32 copy of low-precision logits is gone by then (log_softmax keeps its output)
     per_logit = c + 3 * FP32
     head_in = m.d_model * (FP32 + c)  # final norm input and output
-    return tokens * (m.vocab_size // cfg.parallel.tp * per_logit + head_in)
+    return tokens * (m.padded_vocab_size // cfg.parallel.tp * per_logit + head_in)
 
 
 def _in_flight(cfg: RunConfig, n_micro: int, stage_rank: int) -> int:
@@ -133,9 +179,7 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     pp_rank, _, _ = coordinates(rank, p)
     c = _COMPUTE_BYTES[t.precision]
     n_micro = t.global_batch // (p.dp * t.micro_batch)
-    n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
-    ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages) if p.pp > 1 else [0]
-    split = split_layers(m, n_stages) if p.pp > 1 else [list(range(m.n_layers))]
+    ids, split, n_stages = _local_stages(cfg, pp_rank)
     psi = sum(_stage_params(cfg, len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids)
     layers = sum(len(split[s]) for s in ids)
     last = (n_stages - 1) in ids
@@ -181,7 +225,8 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     step = MemoryPrediction(
         params=master, grads=buckets + grads_full, optimizer=moments + temps, activations=0
     )
-    return max(backward, step, key=lambda x: x.total)
+    peak = max(backward, step, key=lambda x: x.total)
+    return replace(peak, host_build=host_build_bytes(cfg, rank, device))
 
 
 def predict_all(cfg: RunConfig, device: str) -> list[MemoryPrediction]:

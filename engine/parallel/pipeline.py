@@ -10,10 +10,10 @@ schedules. Micro-batches are the data-parallel rank's share of the global batch,
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 
+import torch
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import (
     Schedule1F1B,
@@ -55,7 +55,7 @@ def stage_costs(cfg: ModelConfig) -> tuple[float, float]:
     """(block, head) cost in FLOPs-per-token units of one block."""
     block = 4 * cfg.d_model**2 + (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
     block += 2 * cfg.seq_len * cfg.d_model  # attention scores: 2·T·d per token (PaLM's 12LHQT / 6)
-    return 1.0, cfg.vocab_size * cfg.d_model / block
+    return 1.0, cfg.padded_vocab_size * cfg.d_model / block  # the head computes padded rows too
 
 
 def split_layers(cfg: ModelConfig, n_stages: int) -> list[list[int]]:
@@ -92,9 +92,12 @@ def local_stage_ids(pp_rank: int, pp: int, schedule: str, virtual_stages: int) -
     return [pp_rank + k * pp for k in range(virtual_stages)]
 
 
-def stage_module(full: GPT, layers: list[int], *, first: bool, last: bool) -> GPT:
-    """A copy of ``full`` keeping only one stage's parts (layer names keep their global index)."""
-    stage = copy.deepcopy(full)
+def stage_module(cfg: ModelConfig, layers: list[int], *, first: bool, last: bool) -> GPT:
+    """One stage's parts of the GPT, on the meta device (layer names keep their global index):
+    a rank never holds, not even briefly, the stages it does not run. ``engine.weights``
+    materialises it."""
+    with torch.device("meta"):
+        stage = GPT(cfg)
     for layer_id in list(stage.layers.keys()):
         if int(layer_id) not in layers:
             del stage.layers[layer_id]

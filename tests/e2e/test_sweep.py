@@ -170,3 +170,33 @@ def test_interrupted_sweep_resumes_and_reruns_the_interrupted_trial(tmp_path):
     ]
     assert len(complete) == 2
     assert any(t.params == first.params for t in complete)  # the interrupted layout was measured
+
+
+def test_resume_on_another_machine_is_refused_unless_allowed(tmp_path):
+    args = ["sweep", *FAST, "sweep.name=where", "space.parallel.dp=[1]"]
+    first = cli(*args, "sweep.n_trials=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "measuring on " in first.stderr
+    study = _study(tmp_path, "where")
+    ((mid, record),) = study.user_attrs["machines"].items()
+    assert study.trials[0].user_attrs["machine"] == mid
+    assert record["cores"] == len(os.sched_getaffinity(0)) and record["torch"]
+    # the study as another machine would have left it: other host, other core count
+    other = {**record, "host": "elsewhere", "cores": record["cores"] + 62}
+    study.set_user_attr("machines", {"0123456789": other})
+    n_before = len(study.trials)
+
+    refused = cli(*args, "sweep.n_trials=2", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    line = refused.stderr.strip()
+    assert line.startswith("error:") and "\n" not in line
+    assert "elsewhere" in line and "cores" in line and "sweep.allow_other_machine" in line
+    study = _study(tmp_path, "where")
+    assert len(study.trials) == n_before  # nothing launched, nothing left RUNNING
+
+    allowed = cli(*args, "sweep.n_trials=2", "sweep.allow_other_machine=true", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    study = _study(tmp_path, "where")
+    assert set(study.user_attrs["machines"]) == {"0123456789", mid}
+    html = (tmp_path / "reports" / "where" / "report.html").read_text()
+    assert "Measured on 2 machines" in html and "elsewhere" in html

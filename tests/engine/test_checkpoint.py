@@ -1,4 +1,5 @@
-"""Checkpoints: exact resumption, across layouts, after SIGKILL; damaged input refused."""
+"""Checkpoints: exact resumption, across layouts, after SIGKILL, past a damaged newest one;
+damaged input refused."""
 
 from __future__ import annotations
 
@@ -78,6 +79,24 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted):
     out = run_engine(_cfg(ckpt, steps[-1] + 2, {"dp": 2}, 4, resume=True), tmp_path / "resumed")
     assert out["first_step"] == steps[-1] and steps[-1] + 2 <= len(ref)
     torch.testing.assert_close(out["losses"], ref[steps[-1] : steps[-1] + 2], rtol=0, atol=ATOL)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted):
+    """Checkpoints at steps 2 and 4, the newest then truncated: a 2-rank resume takes step 2,
+    says which one and why, and continues exactly as the uninterrupted run."""
+    ref, _ = uninterrupted
+    ckpt = tmp_path / "ckpt"
+    run_engine(_cfg(ckpt, 4, every=2, keep=2), tmp_path / "saved")
+    (older_step, older), (_, newest) = complete_checkpoints(ckpt)
+    data = next(newest.glob("*.distcp"))
+    data.write_bytes(data.read_bytes()[:-100])
+    res, logs = launch_engine(_cfg(ckpt, 6, {"dp": 2}, 4, resume=True), tmp_path / "resumed")
+    assert res.ok, logs[-4000:]
+    out = json.loads((tmp_path / "resumed" / "result.json").read_text())
+    assert older_step == 2 and out["first_step"] == 2
+    torch.testing.assert_close(out["losses"], ref[2:6], rtol=0, atol=ATOL)
+    assert f"resuming from {older} (step 2), the newest checkpoint that verifies" in logs, logs
+    assert f"checkpoint {newest} is damaged: {data.name}" in logs and "truncated" in logs
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,15 @@ from tests.helpers import cli
         (["sweep", "sweep.n_trials=0"], ["sweep.n_trials"]),
         (["sweep", "space.parallel.dp=[1,-1]"], ["space.parallel.dp", "-1"]),
         (["report", "sweep.name=never_ran"], ["never_ran"]),
+        # an objective the profiler measures, in a sweep whose trials may not profile
+        (
+            ["sweep", "measure.profile_steps=0", "sweep.objectives=[comm_bytes]"],
+            ["comm_bytes", "measure.profile_steps"],
+        ),
+        (
+            ["sweep", "+space.measure.profile_steps=[0,2]", "sweep.objectives=[comm_time_s]"],
+            ["comm_time_s", "measure.profile_steps"],
+        ),
         (["launch"], ["launch", "sweep, run, report"]),
     ],
 )

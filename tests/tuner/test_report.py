@@ -15,6 +15,7 @@ from optuna.trial import create_trial
 from tests.tuner.report_helpers import BASE, DISTS, GIB, OOM_DETAIL
 from tuner.report import (
     METRIC_COLUMNS,
+    NOTE_COLUMNS,
     best_trial,
     failure_table,
     param_columns,
@@ -42,6 +43,7 @@ def test_trials_frame_columns_and_values(study: optuna.Study) -> None:
         *lead,
         *params,
         *METRIC_COLUMNS,
+        *NOTE_COLUMNS,
         "duration_s",
         "log_dir",
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pandas as pd
 from optuna.trial import TrialState
 
 from tests.tuner.report_helpers import BASE, GIB, _add, _p
@@ -87,27 +88,84 @@ def test_step_breakdown_and_memory_prediction_per_measured_trial(tmp_path: Path)
         tps=100.0,
         mem=GIB * 12,
         tensor_peak_bytes=10 * GIB,
+        mem_compared_bytes=10 * GIB,
+        mem_prediction_compared_to="tensor_peak_bytes",
         **_breakdown_attrs({**parts, "data": 0.5}, 40.6),
         **mem,
     )
     # measured on CUDA: no tensor-only peak, the allocator's peak is the comparison
-    _add(s, c, _p(1, 4), tps=90.0, mem=4 * GIB, **_breakdown_attrs({**parts, "data": 1}, 41), **mem)
+    _add(
+        s,
+        c,
+        _p(1, 4),
+        tps=90.0,
+        mem=4 * GIB,
+        mem_compared_bytes=4 * GIB,
+        mem_prediction_compared_to="peak_mem_bytes",
+        **_breakdown_attrs({**parts, "data": 1}, 41),
+        **mem,
+    )
+    # CPU without a profiled step: no tensor peak, so no comparison (never with the whole
+    # process's VmHWM in peak_mem_bytes, which includes the runtime)
+    _add(
+        s,
+        c,
+        _p(1, 2),
+        tps=80.0,
+        mem=20 * GIB,
+        mem_prediction_compared_to="tensor_peak_bytes",
+        **_breakdown_attrs({**parts, "data": 1}, 41),
+        **mem,
+    )
     _add(s, TrialState.FAIL, _p(4, 4), fail_reason="oom")
     df = trials_frame(s)
 
     steps = step_breakdown(df)
-    assert steps["trial"].tolist() == ["trial 0", "trial 1"]  # the failed trial has none
+    assert steps["trial"].tolist() == ["trial 0", "trial 1", "trial 2"]  # the failed one: none
     assert steps.loc[0, "backward"] == 20 and steps.loc[0, "data"] == 0.5
     assert steps.loc[0, "step_ms"] == 40.6
 
     memory = memory_prediction(df)
+    assert memory["trial"].tolist() == ["trial 0", "trial 1"]
     assert memory["measured"].tolist() == [10 * 1024, 4 * 1024]  # MiB
     assert memory["predicted"].tolist() == [8 * 1024, 8 * 1024]
     assert memory["error"].tolist() == [-0.2, 1.0]
     assert memory.loc[0, "activations"] == 4 * 1024
+    assert memory["compared_to"].tolist() == [
+        "tensor peak (CPU, profiler memory events)",
+        "allocator peak (CUDA)",
+    ]
 
     page = write_report(s, tmp_path).read_text()
     assert "Where the step time goes" in page and "Memory: predicted vs measured" in page
+    assert "measured: tensor peak (CPU, profiler memory events)" in page
     csv = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
     for column in ("breakdown_comm_exposed_s", "mem_activations_bytes", "mem_prediction_error"):
         assert column in csv
+
+
+def test_intervals_show_their_coverage_and_blank_figures_their_reason(tmp_path: Path) -> None:
+    s = optuna.create_study(storage=None, direction="maximize", study_name="honest")
+    s.set_user_attr("objectives", ["tokens_per_s"])
+    why = "no profiled step (measure.profile_steps=0, 2 measured steps)"
+    _add(
+        s,
+        TrialState.COMPLETE,
+        _p(2, 4),
+        tps=100.0,
+        mem=GIB,
+        tokens_per_s_ci_low=90.0,
+        tokens_per_s_ci_high=110.0,
+        tokens_per_s_ci_coverage=0.5,  # two timed steps: [min, max] covers the median half the time
+        timing_includes_profiler=True,
+        comm_bytes=None,
+        not_measured={"comm_bytes": why, "comm_time_s": why},
+    )
+    page = write_report(s, tmp_path).read_text()
+    assert "Throughput interval (50% coverage)" in page and "95%" not in page.split("<body>")[1]
+    assert "the timed steps ran under the profiler" in page
+    assert f"not measured: {why}" in page
+    assert "0.00 MiB" not in page
+    df = trials_frame(s)
+    assert df.loc[0, "not_measured"] == f"{why}: comm_bytes, comm_time_s"
+    assert pd.isna(df.loc[0, "comm_bytes"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tuner.report.data import (
     METRIC_COLUMNS,
+    NOTE_COLUMNS,
     SweepSummary,
     best_trial,
     collective_table,
@@ -20,6 +21,7 @@ from tuner.report.html import render_report, write_report
 
 __all__ = [
     "METRIC_COLUMNS",
+    "NOTE_COLUMNS",
     "SweepSummary",
     "best_trial",
     "collective_table",

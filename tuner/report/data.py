@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from tuner.machine import describe_record
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
@@ -31,6 +33,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "tokens_per_s_max",
     "tokens_per_s_ci_low",
     "tokens_per_s_ci_high",
+    "tokens_per_s_ci_coverage",
     "tokens_per_s_cv",
     "step_time_s",
     "peak_mem_bytes",
@@ -48,6 +51,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "breakdown_sum_error",
     "tensor_peak_bytes",
     "predicted_peak_mem_bytes",
+    "mem_compared_bytes",
     "mem_params_bytes",
     "mem_grads_bytes",
     "mem_optimizer_bytes",
@@ -61,6 +65,14 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "final_loss",
 )
 LEAD_COLUMNS: tuple[str, ...] = ("number", "state", "fail_reason", "fail_detail", "duplicate_of")
+#: What the figures above mean for this trial: what the memory prediction was compared with,
+#: whether the timed steps ran under the profiler, and why a blank figure is blank.
+NOTE_COLUMNS: tuple[str, ...] = (
+    "machine",
+    "mem_prediction_compared_to",
+    "timing_includes_profiler",
+    "not_measured",
+)
 TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "log_dir")
 FAILED_STATES: tuple[str, ...] = ("FAIL", "PRUNED")
 #: Display order for state counts; unknown states follow in order of appearance.
@@ -126,6 +138,16 @@ def _param_names(trials: Iterable[optuna.trial.FrozenTrial]) -> list[str]:
     return list(names)
 
 
+def _why_blank(not_measured: dict[str, str] | None) -> str | None:
+    """ "reason: figure, figure; reason: figure" from a result's ``not_measured``."""
+    if not not_measured:
+        return None
+    by_reason: dict[str, list[str]] = {}
+    for key, why in not_measured.items():
+        by_reason.setdefault(why, []).append(key)
+    return "; ".join(f"{why}: {', '.join(keys)}" for why, keys in by_reason.items())
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, ordered by number: bookkeeping, searched parameters, metrics."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -144,6 +166,14 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         columns[name] = _column([t.params.get(name) for t in trials], numeric=False)
     for name in (*METRIC_COLUMNS, "duration_s"):
         columns[name] = _column(attr(name), numeric=True, name=name)
+    columns["machine"] = _column(attr("machine"), numeric=False)
+    columns["mem_prediction_compared_to"] = _column(
+        attr("mem_prediction_compared_to"), numeric=False
+    )
+    columns["timing_includes_profiler"] = pd.Series(
+        attr("timing_includes_profiler"), dtype="boolean"
+    )
+    columns["not_measured"] = _column([_why_blank(v) for v in attr("not_measured")], numeric=False)
     columns["duration_s"] = columns.pop("duration_s").astype("float64")
     columns["log_dir"] = _column(attr("log_dir"), numeric=False)
     return pd.DataFrame(columns)
@@ -151,7 +181,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def param_columns(df: pd.DataFrame) -> list[str]:
     """The searched-parameter columns of a :func:`trials_frame` (everything not fixed)."""
-    fixed = set(LEAD_COLUMNS) | set(METRIC_COLUMNS) | set(TAIL_COLUMNS)
+    fixed = set(LEAD_COLUMNS) | set(METRIC_COLUMNS) | set(NOTE_COLUMNS) | set(TAIL_COLUMNS)
     return [c for c in df.columns if c not in fixed]
 
 
@@ -227,6 +257,27 @@ def collective_table(study: optuna.Study, number: int) -> tuple[pd.DataFrame, li
     ]
     notes = list((trial.user_attrs.get("comm_notes") if trial else None) or [])
     return pd.DataFrame(rows), notes
+
+
+@dataclass(frozen=True)
+class MachineUsed:
+    """A machine that measured trials of the sweep (see tuner/machine.py)."""
+
+    id: str
+    description: str
+    first_seen: str
+    trials: tuple[int, ...]
+
+
+def machines_used(study: optuna.Study, df: pd.DataFrame) -> list[MachineUsed]:
+    """The machines recorded in the study, in the order they joined, with their trials."""
+    out = []
+    for mid, record in (study.user_attrs.get("machines") or {}).items():
+        numbers = tuple(int(n) for n in df.loc[df["machine"] == mid, "number"])
+        out.append(
+            MachineUsed(mid, describe_record(record), str(record.get("first_seen")), numbers)
+        )
+    return out
 
 
 def format_value(value: Any) -> str:

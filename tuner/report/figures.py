@@ -218,7 +218,9 @@ def memory_vs_prediction(frame: pd.DataFrame) -> go.Figure:
         height=FIG_HEIGHT,
     )
     if frame.empty:
-        return _empty(fig, "No completed trial reported a memory prediction.")
+        return _empty(
+            fig, "No completed trial has both a memory prediction and the peak it is compared with."
+        )
     for part in MEM_PARTS:
         fig.add_trace(
             go.Bar(
@@ -229,16 +231,18 @@ def memory_vs_prediction(frame: pd.DataFrame) -> go.Figure:
                 hovertemplate="%{x}: %{y:.2f} MiB<extra>" + part + "</extra>",
             )
         )
-    errors = [f"{100 * e:+.1f}%" if not pd.isna(e) else "n/a" for e in frame["error"]]
-    fig.add_trace(
-        go.Scatter(
-            x=frame["trial"],
-            y=frame["measured"],
-            mode="markers",
-            name="measured",
-            marker={"symbol": "diamond", "size": 12, "color": "black"},
-            text=errors,
-            hovertemplate="%{x}: measured %{y:.2f} MiB, prediction error %{text}<extra></extra>",
+    for compared_to, rows in frame.groupby("compared_to", sort=False):
+        errors = [f"{100 * e:+.1f}%" if not pd.isna(e) else "n/a" for e in rows["error"]]
+        fig.add_trace(
+            go.Scatter(
+                x=rows["trial"],
+                y=rows["measured"],
+                mode="markers",
+                name=f"measured: {compared_to}",
+                marker={"symbol": "diamond", "size": 12, "color": "black"},
+                text=errors,
+                hovertemplate="%{x}: measured %{y:.2f} MiB, prediction error %{text}"
+                "<extra></extra>",
+            )
         )
-    )
     return fig

@@ -95,6 +95,27 @@ def _figure(fig: go.Figure) -> str:
     )
 
 
+def _machines(study: optuna.Study, df: pd.DataFrame) -> str:
+    used = data.machines_used(study, df)
+    if not used:
+        return '<p class="muted">The machine these trials ran on was not recorded.</p>'
+    if len(used) == 1:
+        m = used[0]
+        return (
+            f'<p class="muted">Measured on {html.escape(m.description)}, from {m.first_seen}.</p>'
+        )
+    items = "".join(
+        f"<li>[{m.id}] {html.escape(m.description)}, from {m.first_seen}: "
+        f"{len(m.trials)} trial(s) {', '.join(map(str, m.trials))}</li>"
+        for m in used
+    )
+    return (
+        f"<p><strong>Measured on {len(used)} machines</strong> (sweep.allow_other_machine=true): "
+        "figures from different machines are not directly comparable; the trials table names "
+        f"each trial's machine.</p><ul>{items}</ul>"
+    )
+
+
 def _title(summary: data.SweepSummary) -> str:
     counts = ", ".join(f"{n} {html.escape(s)}" for s, n in summary.state_counts.items()) or "none"
     objectives = ", ".join(
@@ -114,8 +135,9 @@ def _title(summary: data.SweepSummary) -> str:
     return "\n".join(parts)
 
 
-def _metric_rows(row: pd.Series) -> list[tuple[str, str]]:
-    """(label, value) pairs for the best trial, converted to the units people read."""
+def _metric_rows(row: pd.Series, not_measured: dict[str, str]) -> list[tuple[str, str]]:
+    """(label, value) pairs for the best trial, converted to the units people read; a figure
+    the trial did not measure says so, with the reason."""
 
     def get(key: str) -> float | None:
         value = row.get(key)
@@ -131,8 +153,23 @@ def _metric_rows(row: pd.Series) -> list[tuple[str, str]]:
         get("tokens_per_s_ci_high"),
         get("tokens_per_s_cv"),
     )
-    if ci_lo is not None and ci_hi is not None:
-        rows.append(("Throughput interval (95%)", f"{ci_lo:,.0f} to {ci_hi:,.0f} tokens/s"))
+    coverage = get("tokens_per_s_ci_coverage")
+    if ci_lo is not None and ci_hi is not None and coverage is not None:
+        rows.append(
+            (
+                f"Throughput interval ({coverage:.0%} coverage)",
+                f"{ci_lo:,.0f} to {ci_hi:,.0f} tokens/s",
+            )
+        )
+    profiled = row.get("timing_includes_profiler")
+    if isinstance(profiled, (bool, np.bool_)) and profiled:
+        rows.append(
+            (
+                "Timing",
+                "the timed steps ran under the profiler (no unprofiled measured step): "
+                "throughput includes its overhead",
+            )
+        )
     if cv is not None:
         rows.append(("Step-to-step variation (CV)", f"{cv * 100:.1f} %"))
     conversions = [
@@ -159,6 +196,11 @@ def _metric_rows(row: pd.Series) -> list[tuple[str, str]]:
             lambda v: f"{v * 1e3:,.2f} ms",
         ),
         ("tensor_peak_bytes", "Tensor peak (CPU, max over ranks)", lambda v: f"{v / MIB:,.1f} MiB"),
+        (
+            "mem_compared_bytes",
+            f"Measured peak the prediction is compared with ({_compared_to(row)})",
+            lambda v: f"{v / MIB:,.1f} MiB",
+        ),
         ("predicted_peak_mem_bytes", "Predicted peak memory", lambda v: f"{v / MIB:,.1f} MiB"),
         ("mem_prediction_error", "Memory prediction error", lambda v: f"{v * 100:+.1f} %"),
         ("mfu", "MFU", lambda v: f"{v * 100:.1f} %"),
@@ -170,10 +212,17 @@ def _metric_rows(row: pd.Series) -> list[tuple[str, str]]:
         value = get(key)
         if value is not None:
             rows.append((label, convert(value)))
+        elif key in not_measured:
+            rows.append((label, f"not measured: {not_measured[key]}"))
     return rows
 
 
-def _best_section(df: pd.DataFrame, summary: data.SweepSummary) -> str:
+def _compared_to(row: pd.Series) -> str:
+    key = row.get("mem_prediction_compared_to")
+    return measurements.COMPARED_TO.get(str(key), str(key)) if isinstance(key, str) else "n/a"
+
+
+def _best_section(study: optuna.Study, df: pd.DataFrame, summary: data.SweepSummary) -> str:
     head = "<h2>Best configuration</h2>"
     if summary.best_number is None:
         return (
@@ -181,15 +230,15 @@ def _best_section(df: pd.DataFrame, summary: data.SweepSummary) -> str:
         )
     row = df.loc[df["number"] == summary.best_number].iloc[0]
     how = "highest" if summary.best_maximize else "lowest"
-    cells = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _metric_rows(row)
-    )
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == summary.best_number)
+    rows = _metric_rows(row, trial.user_attrs.get("not_measured") or {})
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     params = ", ".join(
         f"{k}={data.format_value(row[k])}" for k in summary.params if not pd.isna(row[k])
     )
     ties = data.indistinguishable_from(df, row) if summary.best_metric == "tokens_per_s" else []
     tie_note = (
-        f"<p><strong>Not distinguishable from the best</strong> (their 95% throughput intervals "
+        f"<p><strong>Not distinguishable from the best</strong> (their throughput intervals "
         f"overlap its interval): trial(s) {', '.join(map(str, ties))}. Repeat the measurement "
         f"(measure.repeats) before choosing between them.</p>"
         if ties
@@ -238,7 +287,8 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
     front = data.pareto_front(df)
     body = [
         _title(summary),
-        _best_section(df, summary),
+        _machines(study, df),
+        _best_section(study, df, summary),
         _comm_section(study, summary),
         "<h2>Throughput vs memory</h2>",
         f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
@@ -255,8 +305,9 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         "<h2>Memory: predicted vs measured</h2>",
         '<p class="muted">Bars: the analytic peak (ZeRO-paper model states, activations per '
         "Korthikanti et al.) of the rank predicted highest. Diamond: the measured peak it is "
-        "compared with (CPU: tensors only, from the profiler's memory events; CUDA: the "
-        "allocator's peak).</p>",
+        "compared with, like with like, named in the legend (CPU: tensors only, from the "
+        "profiler's memory events; CUDA: the allocator's peak). Trials without that "
+        "measurement (no profiled step on CPU) are left out.</p>",
         _figure(figures.memory_vs_prediction(measurements.memory_prediction(df))),
         _failure_section(df),
         "<h2>All trials</h2>",

@@ -45,17 +45,30 @@ def step_breakdown(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+#: The measured figure a prediction is compared with, as the report names it.
+COMPARED_TO: dict[str, str] = {
+    "tensor_peak_bytes": "tensor peak (CPU, profiler memory events)",
+    "peak_mem_bytes": "allocator peak (CUDA)",
+}
+
+
 def memory_prediction(df: pd.DataFrame) -> pd.DataFrame:
-    """MiB by predicted part, the predicted total and the measured figure it is compared with
-    (CPU: tensor-only peak; CUDA: the allocator's peak), for each measured trial."""
-    cols = [f"mem_{p}_bytes" for p in MEM_PARTS] + ["predicted_peak_mem_bytes"]
+    """MiB by predicted part, the predicted total and the measured figure the engine compared it
+    with, like with like (CPU: the tensor-only peak; CUDA: the allocator's peak), for each trial
+    that has both. A trial without that measurement is left out, never compared with another
+    figure (the CPU's whole-process peak includes the runtime)."""
+    cols = [f"mem_{p}_bytes" for p in MEM_PARTS] + [
+        "predicted_peak_mem_bytes",
+        "mem_compared_bytes",
+    ]
     ok = _measured(df, cols)
     out = pd.DataFrame({"trial": [_trial_label(r) for _, r in ok.iterrows()]})
     for part in MEM_PARTS:
         out[part] = ok[f"mem_{part}_bytes"].to_numpy(dtype="float64") / 2**20
     out["predicted"] = ok["predicted_peak_mem_bytes"].to_numpy(dtype="float64") / 2**20
-    tensor = ok["tensor_peak_bytes"].to_numpy(dtype="float64", na_value=np.nan)
-    allocator = ok["peak_mem_bytes"].to_numpy(dtype="float64", na_value=np.nan)
-    out["measured"] = np.where(np.isnan(tensor), allocator, tensor) / 2**20
+    out["measured"] = ok["mem_compared_bytes"].to_numpy(dtype="float64") / 2**20
+    out["compared_to"] = [
+        COMPARED_TO.get(str(k), str(k)) for k in ok["mem_prediction_compared_to"].fillna("")
+    ]
     out["error"] = (out["predicted"] - out["measured"]) / out["measured"]
     return out
