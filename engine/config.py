@@ -17,6 +17,20 @@ DEVICES = ("auto", "cpu", "cuda")
 MLP_TYPES = ("gelu", "swiglu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
+AC_MODES = ("none", "selective", "full")  # train.activation_checkpointing
+ZERO_STAGES = (0, 1, 2, 3)  # parallel.zero
+# pipeline schedule -> stage placement: "single" (one stage per rank), "loop" (several, looped)
+# or "v" (two, in a V); engine.parallel.pipeline maps the same names to torch's schedule
+# classes, and is kept out of here so that validating a config does not import torch
+PP_SCHEDULES = {
+    "gpipe": "single",
+    "1f1b": "single",
+    "interleaved_1f1b": "loop",
+    "looped_bfs": "loop",
+    "interleaved_zero_bubble": "loop",
+    "zbv_zero_bubble": "v",
+    "dualpipev": "v",
+}
 
 
 class ConfigError(ValueError):
@@ -62,7 +76,7 @@ class ParallelConfig:
     pp: int = 1  # pipeline-parallel degree
     zero: int = 0  # ZeRO stage on the data-parallel dimension: 0 (DDP), 1, 2, 3
     sp: bool = False  # sequence parallelism on top of tensor parallelism
-    pp_schedule: str = "1f1b"  # see engine.parallel.pipeline.SCHEDULES
+    pp_schedule: str = "1f1b"  # one of PP_SCHEDULES
     pp_virtual_stages: int = 1  # stages per rank for the interleaved ("loop") schedules
     ddp_bucket_mb: float = 25.0  # DDP gradient bucket size (PyTorch's default)
 
@@ -175,6 +189,10 @@ def _build(cls: type, data: dict[str, Any], *, prefix: str) -> Any:
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, prefix=f"{prefix}{name}.")
         elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(
+                    f"`{prefix}{name}` must be a list of {len(default)} values, but got {value!r}."
+                )
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value

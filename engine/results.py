@@ -7,6 +7,7 @@ over ranks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -281,5 +282,10 @@ def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: leave neither half a file nor the temp one
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

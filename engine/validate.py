@@ -10,31 +10,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from engine.config import (
-    DEVICES,
-    MLP_TYPES,
-    NORM_TYPES,
-    POSITIONS,
-    PRECISIONS,
-    ConfigError,
-    RunConfig,
-)
-from engine.parallel.activation import MODES as AC_MODES
-from engine.parallel.pipeline import SCHEDULES, stages_per_rank
+from engine.config import PP_SCHEDULES, ConfigError, RunConfig
+from engine.config import ZERO_STAGES as ZERO_STAGES  # re-exported: engine.api reads it here
+from engine.validate_values import check_run_values
 
-ZERO_STAGES = (0, 1, 2, 3)
+# Only torch-free modules above: the CLI validates a config before (and without) importing torch.
+
 # schedules that refuse fewer micro-batches than this many stages (total or per rank group)
 _MIN_MICRO = {"1f1b": "pp", "dualpipev": "stages"}
 
 
-def _positive(key: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"`{key}` must be a positive integer, but got {key}={value!r}.")
-
-
-def _one_of(key: str, value: object, valid: tuple) -> None:
-    if value not in valid:
-        raise ConfigError(f"`{key}` must be one of {list(valid)}, but got {key}={value!r}.")
+def stages_per_rank(schedule: str, virtual_stages: int) -> int:
+    return {"single": 1, "loop": virtual_stages, "v": 2}[PP_SCHEDULES[schedule]]
 
 
 def _divisors(n: int) -> list[int]:
@@ -43,12 +30,6 @@ def _divisors(n: int) -> list[int]:
 
 def validate_model(cfg: RunConfig) -> None:
     m = cfg.model
-    keys = ("n_layers", "n_heads", "d_model", "d_ff", "vocab_size", "vocab_pad_multiple", "seq_len")
-    for key in keys:
-        _positive(f"model.{key}", getattr(m, key))
-    _one_of("model.mlp", m.mlp, MLP_TYPES)
-    _one_of("model.norm", m.norm, NORM_TYPES)
-    _one_of("model.position", m.position, POSITIONS)
     if m.d_model % m.n_heads:
         raise ConfigError(
             f"`model.d_model` must be divisible by `model.n_heads`, but got "
@@ -59,42 +40,6 @@ def validate_model(cfg: RunConfig) -> None:
             f"rotary positions need an even head size, but model.d_model / model.n_heads = "
             f"{m.d_model // m.n_heads}."
         )
-
-
-def validate_parallel(cfg: RunConfig) -> None:
-    p = cfg.parallel
-    for key in ("tp", "pp", "pp_virtual_stages"):
-        _positive(f"parallel.{key}", getattr(p, key))
-    for key in ("dp", "world_size"):  # 0 has a meaning for these (derive / not fixed)
-        value = getattr(p, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"`parallel.{key}` must be an integer >= 0, but got {value!r}.")
-    _one_of("parallel.zero", p.zero, ZERO_STAGES)
-    _one_of("parallel.pp_schedule", p.pp_schedule, tuple(SCHEDULES))
-    if p.ddp_bucket_mb <= 0:
-        raise ConfigError(f"`parallel.ddp_bucket_mb` must be > 0, but got {p.ddp_bucket_mb}.")
-
-
-def validate_train(cfg: RunConfig) -> None:
-    t = cfg.train
-    _positive("train.micro_batch", t.micro_batch)
-    _positive("train.global_batch", t.global_batch)
-    _positive("train.steps", t.steps)
-    _one_of("train.precision", t.precision, PRECISIONS)
-    _one_of("train.activation_checkpointing", t.activation_checkpointing, AC_MODES)
-    _one_of("train.reduce_dtype", t.reduce_dtype, ("fp32", "bf16"))
-    _positive("train.loss_scale_growth_interval", t.loss_scale_growth_interval)
-    if not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
-        raise ConfigError(f"`train.warmup_steps` must be >= 0, but got {t.warmup_steps!r}.")
-    if t.grad_clip < 0:
-        raise ConfigError(f"`train.grad_clip` must be >= 0, but got train.grad_clip={t.grad_clip}.")
-    if not isinstance(cfg.measure.profile_steps, int) or cfg.measure.profile_steps < 0:
-        raise ConfigError(
-            f"`measure.profile_steps` must be >= 0, but got {cfg.measure.profile_steps!r}."
-        )
-    _positive("measure.repeats", cfg.measure.repeats)
-    if t.lr <= 0:
-        raise ConfigError(f"`train.lr` must be > 0, but got train.lr={t.lr}.")
 
 
 def validate_checkpoint(cfg: RunConfig) -> None:
@@ -113,17 +58,10 @@ def validate_checkpoint(cfg: RunConfig) -> None:
 
 def validate_values(cfg: RunConfig) -> None:
     """Checks of each setting on its own (a search space's choices must all pass these)."""
+    check_run_values(cfg)  # type, finiteness and range of every key (engine/validate_values.py)
     validate_checkpoint(cfg)
     validate_model(cfg)
-    validate_parallel(cfg)
-    validate_train(cfg)
-    _one_of("device", cfg.device, DEVICES)
     delay = cfg.debug.comm_delay_ms
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 10_000:
-        raise ConfigError(
-            f"`debug.comm_delay_ms` must be a number of milliseconds in [0, 10000], but got "
-            f"debug.comm_delay_ms={delay!r}."
-        )
     if (delay or cfg.measure.count_calls) and cfg.device == "cuda":
         key = "debug.comm_delay_ms" if delay else "measure.count_calls"
         raise ConfigError(
@@ -135,18 +73,7 @@ def validate_values(cfg: RunConfig) -> None:
 
 def validate_peak(cfg: RunConfig) -> None:
     """The MFU peak override: a finite number > 0, or 0 for "look up / measure"."""
-    tflops, flops = cfg.measure.peak_tflops, cfg.peak_flops
-    for key, value in (("measure.peak_tflops", tflops), ("peak_flops", flops)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ConfigError(
-                f"`{key}` must be a finite number > 0 (or 0: the datasheet table on GPUs, a "
-                f"measured matmul on CPUs), but got {key}={value!r}."
-            )
+    tflops, flops = cfg.measure.peak_tflops, cfg.peak_flops  # each checked by its rule
     if tflops and flops and not math.isclose(tflops * 1e12, flops, rel_tol=1e-6):
         raise ConfigError(
             f"`measure.peak_tflops` and `peak_flops` (FLOP/s) disagree: measure.peak_tflops="
@@ -226,7 +153,7 @@ def _check_tensor(cfg: RunConfig) -> None:
 
 def _check_pipeline(cfg: RunConfig) -> None:
     p, t = cfg.parallel, cfg.train
-    placement = SCHEDULES[p.pp_schedule].placement
+    placement = PP_SCHEDULES[p.pp_schedule]
     if p.pp == 1:
         if p.pp_virtual_stages > 1:
             raise ConfigError(
@@ -234,7 +161,7 @@ def _check_pipeline(cfg: RunConfig) -> None:
                 "parallel.pp=1; set parallel.pp > 1 or parallel.pp_virtual_stages=1."
             )
         return
-    looped = [k for k, s in SCHEDULES.items() if s.placement == "loop"]
+    looped = [k for k, v in PP_SCHEDULES.items() if v == "loop"]
     if placement == "single" and p.pp_virtual_stages > 1:
         raise ConfigError(
             f"`parallel.pp_virtual_stages`={p.pp_virtual_stages} needs a schedule with several "

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+# Only torch-free modules at the top: --help, --cfg job, config errors and `report` answer
+# without importing torch; what launches is imported inside the subcommand that launches.
 from engine.config import ConfigError
-from engine.results import write_json_atomic
 from engine.validate import validate
-from tuner.config import CONF_DIR, Loaded, load
-from tuner.launch import check_machine, run_trial
+from tuner.config import CONF_DIR, Loaded, check_sampler, load
 from tuner.summary import format_run
 
 EXIT_USAGE = 2
@@ -49,7 +49,14 @@ def _groups() -> str:
 
 def _cmd_run(cfg: Loaded) -> int:
     run_cfg = validate(cfg.run)
+    from engine.results import write_json_atomic
+    from tuner.launch import check_machine, run_trial
+
     check_machine(run_cfg, cfg.launcher)
+    if cfg.run_options.out:  # found unwritable now, not after the run
+        from tuner.outputs import check_file
+
+        check_file(Path(cfg.run_options.out), key="run.out")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.sweep.out_dir) / "runs" / f"{stamp}-{os.getpid()}"
     outcome = run_trial(run_cfg, trial_dir=run_dir, launcher=cfg.launcher)
@@ -72,6 +79,7 @@ def _cmd_sweep(cfg: Loaded) -> int:
     from tuner.sweep import run_sweep  # optuna import is slow: only when sweeping
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_sampler(cfg)
     report = run_sweep(cfg)
     print(f"open {report.resolve()} in a browser")
     return 0
@@ -81,15 +89,15 @@ def _cmd_report(cfg: Loaded) -> int:
     import optuna
 
     from tuner.report import write_report
-    from tuner.study import storage_for, sweep_dir
+    from tuner.study import storage_for, study_exists, sweep_dir
 
-    try:
-        study = optuna.load_study(study_name=cfg.sweep.name, storage=storage_for(cfg))
-    except KeyError:
+    # checked before opening the storage, which would create its file and folder
+    if not study_exists(cfg):
         raise ConfigError(
             f"no sweep named sweep.name={cfg.sweep.name} in {cfg.sweep.storage or sweep_dir(cfg)}; "
             "run `python -m tuner sweep sweep.name=...` first."
-        ) from None
+        )
+    study = optuna.load_study(study_name=cfg.sweep.name, storage=storage_for(cfg))
     print(f"open {write_report(study, sweep_dir(cfg)).resolve()} in a browser")
     return 0
 
@@ -139,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[command](cfg)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # one line, whatever the message was built from (a path or a library's error text)
+        lines = (line.strip() for line in str(err).splitlines())
+        print("error: " + " ".join(line for line in lines if line), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

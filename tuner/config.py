@@ -8,13 +8,13 @@ sections. ``load()`` returns frozen-in-spirit plain objects; nothing downstream 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -29,6 +29,8 @@ from engine.config import (
     RunConfig,
     TrainConfig,
 )
+from engine.validate import validate_values
+from engine.validate_values import SEED_MAX, Rule, check, check_all, shown
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # run sections: the part of the composed config that becomes the engine's RunConfig
@@ -121,11 +123,53 @@ class Loaded:
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """Hydra composition; Hydra's and OmegaConf's errors become one-line ConfigErrors."""
+    _check_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_explain(err)) from None
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    """Each override parses, and a true/false key gets true or false.
+
+    OmegaConf turns any integer and words like "yes" into a bool (``parallel.sp=
+    9223372036854775808`` would mean true), so these are refused here, from the typed text.
+    """
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except HydraException as err:
+            raise ConfigError(
+                f"cannot parse the override {shown(text)}: {_one_line(err)}; write KEY=VALUE, "
+                "and quote a value with spaces or special characters (e.g. 'KEY=\"a b\"')."
+            ) from None
+        if override.is_delete() or not isinstance(_default(override.key_or_group), bool):
+            continue
+        value = override.value()
+        if not isinstance(value, bool) and not _is_interpolation(value):
+            check(override.key_or_group, value, Rule("bool"))
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${")
+
+
+def _one_line(err: BaseException) -> str:
+    lines = (ln.strip() for ln in str(err).splitlines())
+    return " ".join(ln for ln in lines if ln and not ln.startswith("See https://"))
+
+
+def _default(path: str) -> Any:
+    """The schema's default at dotted ``path`` (None where there is no such field)."""
+    node: Any = TunerConfig()
+    for part in path.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        node = getattr(node, part, None)
+    return node
 
 
 def _valid_keys(path: str) -> list[str]:
@@ -157,6 +201,8 @@ def _explain(err: Exception) -> str:
     if "not in" in head and key:
         parent = key.rpartition(".")[0]
         valid = _valid_keys(parent)
+        if parent and not valid:  # a free-form section (sampler, space): keys are added with +
+            return f"`{key}` is not set in `{parent}`; add it with +{key}=VALUE."
         where = f"`{parent}`" if parent else "the config"
         return f"unknown key `{key}`; valid keys in {where}: {valid}."
     if key:
@@ -182,54 +228,108 @@ def to_run_config(raw: DictConfig) -> RunConfig:
 
 
 def load(overrides: list[str]) -> Loaded:
+    """Compose, type and check every value (alone) of the config; ConfigError if any is wrong."""
     raw = compose_config(overrides)
     unknown = sorted(set(raw) - set(_valid_keys("")))
     if unknown:  # `+key=value` can add keys the schema does not know: they would be ignored
         raise ConfigError(f"unknown key(s) {unknown}; valid top-level keys: {_valid_keys('')}.")
-    try:
-        sweep = SweepConfig(**_plain(raw.sweep))
-        launcher = LauncherConfig(**_plain(raw.launcher))
-        run_options = RunOptions(**_plain(raw.run))
-        export = ExportOptions(**_plain(raw.export))
-        space, sampler = _plain(raw.space) or {}, _plain(raw.sampler) or {}
+    try:  # interpolations (`${...}`) resolve here, and can fail here
+        loaded = Loaded(
+            to_run_config(raw),
+            SweepConfig(**_plain(raw.sweep)),
+            LauncherConfig(**_plain(raw.launcher)),
+            RunOptions(**_plain(raw.run)),
+            ExportOptions(**_plain(raw.export)),
+            _plain(raw.space) or {},
+            _plain(raw.sampler) or {},
+            list(overrides),
+            raw,
+        )
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
-    loaded = Loaded(
-        to_run_config(raw),
-        sweep,
-        launcher,
-        run_options,
-        export,
-        space,
-        sampler,
-        list(overrides),
-        raw,
-    )
     check_tuner_sections(loaded)
+    validate_values(loaded.run)
     return loaded
 
 
+_NAME = Rule(
+    "str",
+    pattern=r"(?!\.)[\w.+-]{1,100}",
+    what="a plain folder name: 1 to 100 letters, digits or '._+-', not starting with '.'",
+)
+_PATH = Rule("str", pattern=r".+", what="a non-empty path without control characters")
+# Every field of the tuner's own sections (a test checks none is missing).
+TUNER_RULES: dict[str, Rule] = {
+    "sweep.name": _NAME,
+    "sweep.n_trials": Rule("int", 1),
+    "sweep.storage": Rule("str"),
+    "sweep.out_dir": _PATH,
+    "sweep.seed": Rule("int", 0, SEED_MAX),
+    "sweep.allow_other_machine": Rule("bool"),
+    "launcher.timeout_s": Rule("float", 0, 10**7, low_open=True),
+    "launcher.max_ranks": Rule("int", 1, 2**20),
+    "run.out": Rule("str"),
+    "export.out": _PATH,
+}
+# keyword arguments of Optuna's samplers that take counts or seeds; the sampler classes
+# check little themselves (a seed of -1 fails only at the first trial)
+SAMPLER_RULES: dict[str, Rule] = {
+    "seed": Rule("int", 0, SEED_MAX),
+    "n_startup_trials": Rule("int", 0, 10**6),
+    "n_ei_candidates": Rule("int", 1, 10**6),
+    "population_size": Rule("int", 2, 10**6),
+    "mutation_prob": Rule("float", 0, 1),
+    "crossover_prob": Rule("float", 0, 1),
+    "swapping_prob": Rule("float", 0, 1),
+}
+
+
 def check_tuner_sections(cfg: Loaded) -> None:
-    s, lc = cfg.sweep, cfg.launcher
-    if s.n_trials < 1:
-        raise ConfigError(f"`sweep.n_trials` must be >= 1, but got sweep.n_trials={s.n_trials}.")
-    if not s.name or os.sep in s.name or s.name in (".", ".."):
-        raise ConfigError(
-            f"`sweep.name` must be a plain folder name (no '{os.sep}'), but got {s.name!r}."
+    s = cfg.sweep
+    values = {
+        f"{section}.{f.name}": getattr(obj, f.name)
+        for section, obj in (
+            ("sweep", s),
+            ("launcher", cfg.launcher),
+            ("run", cfg.run_options),
+            ("export", cfg.export),
         )
+        for f in dataclasses.fields(obj)
+    }
+    check_all({k: v for k, v in values.items() if k in TUNER_RULES}, TUNER_RULES)
     bad = [o for o in s.objectives if o not in OBJECTIVES]
     if bad or not s.objectives or len(set(s.objectives)) != len(s.objectives):
         raise ConfigError(
             f"`sweep.objectives` must be distinct names from {list(OBJECTIVES)}, but got "
-            f"sweep.objectives={s.objectives}."
+            f"sweep.objectives={shown(s.objectives)}."
         )
-    if lc.timeout_s <= 0:
-        raise ConfigError(f"`launcher.timeout_s` must be > 0, but got {lc.timeout_s}.")
-    if lc.max_ranks < 1:
-        raise ConfigError(f"`launcher.max_ranks` must be >= 1, but got {lc.max_ranks}.")
     if "_target_" not in cfg.sampler:
         raise ConfigError(
             "`sampler` needs a `_target_`; choose one with sampler=tpe|random|bruteforce|nsga2."
+        )
+    for key, rule in SAMPLER_RULES.items():
+        if cfg.sampler.get(key) is not None:
+            check(f"sampler.{key}", cfg.sampler[key], rule)
+
+
+def check_sampler(cfg: Loaded) -> None:
+    """Create the sampler once, so that a bad argument stops the sweep before any launch.
+
+    Imports Optuna, so it runs for `sweep` only, not on every command.
+    """
+    import optuna
+    from hydra.utils import instantiate
+
+    try:
+        sampler = instantiate(cfg.sampler)
+    except Exception as err:  # any error of the user's sampler spec, reported in one line
+        raise ConfigError(
+            f"`sampler` could not be created from {shown(cfg.sampler)}: {_one_line(err)}"
+        ) from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise ConfigError(
+            f"`sampler._target_` must name an Optuna sampler, but got "
+            f"sampler._target_={shown(cfg.sampler['_target_'])}."
         )
 
 

@@ -9,6 +9,7 @@ A space mirrors the config's nesting. Each leaf is a list of choices (categorica
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from dataclasses import dataclass
@@ -21,10 +22,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from engine.config import ConfigError, RunConfig
-from engine.parallel.pipeline import SCHEDULES
+from engine.config import PP_SCHEDULES, ConfigError, RunConfig
 from engine.validate import resolve, validate_values
-from tuner.config import replace_keys, run_keys
+from tuner.config import RUN_SECTIONS, replace_keys, run_keys
 
 _RANGE_KEYS = {"low", "high", "step", "log"}
 
@@ -152,20 +152,90 @@ def build(space: dict[str, Any], base: RunConfig) -> SearchSpace:
     return SearchSpace(dists)
 
 
-def layout_key(base: RunConfig, params: dict[str, Any]) -> str:
-    """What a trial actually runs, with knobs that have no effect in its layout normalised
-    (e.g. the pipeline schedule when pp = 1), so that two parameter sets that launch the same
-    run are recognised as one configuration."""
+def fixed_by_command_line(
+    space: dict[str, Any], overrides: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """``space`` without the keys the user set on the command line, and those settings.
+
+    A plain ``key=value`` override of a run section states the value the user wants: searching
+    that key anyway would silently run other values, so the user's value wins and the key is
+    not searched in this sweep. Returns (the remaining space, ["key=value", ...])."""
+    remaining = copy.deepcopy(space)
+    fixed = []
+    for override in overrides:
+        key, sep, value = override.removeprefix("++").partition("=")
+        if not sep or key.startswith(("+", "~")) or key.split(".")[0] not in RUN_SECTIONS:
+            continue
+        if _pop_leaf(remaining, key.split(".")):
+            fixed.append(f"{key}={value}")
+    return remaining, fixed
+
+
+def _pop_leaf(node: dict[str, Any], path: list[str]) -> bool:
+    """Remove the space leaf at ``path`` (and sections it leaves empty); True if it was there."""
+    head, *rest = path
+    child = node.get(head)
+    if not rest:
+        if head not in node or (isinstance(child, dict) and not set(child) & _RANGE_KEYS):
+            return False
+        del node[head]
+        return True
+    if not isinstance(child, dict) or set(child) & _RANGE_KEYS or not _pop_leaf(child, rest):
+        return False
+    if not child:
+        del node[head]
+    return True
+
+
+def _normalised(base: RunConfig, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The run ``params`` launch, with knobs that have no effect in its layout normalised (e.g.
+    the pipeline schedule when pp = 1); None when the layout cannot be resolved."""
     try:
         cfg = resolve(replace_keys(base, params))
     except (ConfigError, KeyError, TypeError):
-        return json.dumps({"params": params}, sort_keys=True, default=str)
+        return None
     data = cfg.to_dict()
     p = data["parallel"]
     p["world_size"] = 0  # resolved into dp
+    # a schedule does nothing without a pipeline; virtual stages are not normalised: more than
+    # one where the schedule cannot loop is refused (pruned), unlike its feasible twin
     if p["pp"] == 1:
-        p["pp_schedule"], p["pp_virtual_stages"] = "", 1
-    elif p["pp_schedule"] in SCHEDULES and SCHEDULES[p["pp_schedule"]].placement == "single":
-        p["pp_virtual_stages"] = 1
+        p["pp_schedule"] = ""
     data["out"], data["debug"]["dump_params"] = "", ""
+    return data
+
+
+def _get(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def layout_key(base: RunConfig, params: dict[str, Any]) -> str:
+    """What a trial actually runs, normalised, so that two parameter sets that launch the same
+    run are recognised as one configuration."""
+    data = _normalised(base, params)
+    if data is None:
+        return json.dumps({"params": params}, sort_keys=True, default=str)
     return json.dumps(data, sort_keys=True, default=str)
+
+
+def effective_params(base: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The settings that describe a trial's run: the searched ones that take effect in its
+    layout, and dp when it is derived from the world size (``parallel.dp=0``). Unresolvable
+    layouts (pruned later with their reason) keep every parameter."""
+    data = _normalised(base, params)
+    if data is None:
+        return dict(params)
+    shown = {k: v for k, v in params.items() if _get(data, k) == v or k == "parallel.world_size"}
+    p = data["parallel"]
+    loops = p["pp"] > 1 and PP_SCHEDULES.get(p["pp_schedule"], "single") != "single"
+    if not loops and shown.get("parallel.pp_virtual_stages") == 1:
+        del shown["parallel.pp_virtual_stages"]  # one stage per rank: states nothing
+    if params.get("parallel.dp", base.parallel.dp) == 0:
+        # the derived degree goes right after the searched parallel ones
+        items = [(k, v) for k, v in shown.items() if k != "parallel.dp"]
+        at = sum(k.startswith("parallel.") for k, _ in items)
+        items.insert(at, ("parallel.dp", data["parallel"]["dp"]))
+        shown = dict(items)
+    return shown

@@ -1,21 +1,24 @@
 """The Optuna study of a sweep: storage, sampler, and safe resumption.
 
 A sweep is identified by ``sweep.name``; running the same command again continues its study.
-Its fixed settings (everything but the searched keys) are stored with it, and a resumption
-that would mix measurements taken under different settings is refused.
+What identifies it (objectives, space, sampler, fixed settings) is stored with it, and a
+resumption that would mix measurements taken under different settings is refused
+(tuner.resume).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from hydra.utils import instantiate
+from optuna.distributions import BaseDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -24,6 +27,8 @@ from engine.config import ConfigError
 from tuner.config import OBJECTIVES, Loaded
 from tuner.machine import Machine, describe_record, now_iso
 from tuner.machine import current as current_machine
+from tuner.outputs import OutputError, check_rdb_url, open_storage
+from tuner.resume import SweepIdentity, check_resumable
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +41,14 @@ def sweep_dir(cfg: Loaded) -> Path:
     return Path(cfg.sweep.out_dir) / cfg.sweep.name
 
 
-def storage_for(cfg: Loaded) -> optuna.storages.BaseStorage | str:
-    """``sweep.storage``: "" (sqlite file in the sweep folder), an RDB URL, or journal:PATH."""
-    url = cfg.sweep.storage
-    if not url:
-        path = sweep_dir(cfg) / "study.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    return url
+def storage_for(cfg: Loaded) -> optuna.storages.BaseStorage:
+    """``sweep.storage``: "" (sqlite file in the sweep folder), an RDB URL, or journal:PATH.
+
+    The storage is opened here, before any trial: an unreachable, read-only or unknown target
+    is an :class:`~tuner.outputs.OutputError` (one line, exit status 2)."""
+    return open_storage(
+        cfg.sweep.storage, default=sweep_dir(cfg) / "study.db", out_key="sweep.out_dir"
+    )
 
 
 def make_sampler(cfg: Loaded) -> optuna.samplers.BaseSampler:
@@ -83,31 +84,71 @@ def base_overrides(cfg: Loaded, searched: list[str]) -> list[str]:
     return kept
 
 
-def open_study(cfg: Loaded, searched: list[str]) -> tuple[optuna.Study, Machine]:
+def open_study(
+    cfg: Loaded, distributions: dict[str, BaseDistribution]
+) -> tuple[optuna.Study, Machine]:
     """Create or resume the sweep's study; returns it with the machine this process measures
-    on (recorded in the study). A resume that would mix measurements is refused."""
+    on (recorded in the study). A resume that would mix measurements is refused (tuner.resume)
+    before anything is written."""
     machine = current_machine()
-    directions = [OBJECTIVES[o] for o in cfg.sweep.objectives]
+    searched = list(distributions)
+    identity = SweepIdentity(
+        objectives=list(cfg.sweep.objectives),
+        distributions=dict(distributions),
+        sampler=dict(cfg.sampler),
+        fixed=fixed_settings(cfg, searched),
+    )
     study = optuna.create_study(
         study_name=cfg.sweep.name,
         storage=storage_for(cfg),
         sampler=make_sampler(cfg),
-        directions=directions,
+        directions=[OBJECTIVES[o] for o in cfg.sweep.objectives],
         load_if_exists=True,
     )
-    fixed = json.loads(json.dumps(fixed_settings(cfg, searched)))  # tuples -> lists, as stored
-    stored = study.user_attrs.get("fixed_settings")
-    if stored is None:
-        study.set_user_attr("fixed_settings", fixed)
-        study.set_user_attr("searched", searched)
-        study.set_user_attr("objectives", cfg.sweep.objectives)
+    if not identity.is_recorded_in(study):
+        identity.record(study)
+        with warnings.catch_warnings():  # experimental in Optuna; names the dashboard's axes
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.sweep.objectives))
         study.set_user_attr("sweep_name", cfg.sweep.name)
         study.set_user_attr("base_overrides", base_overrides(cfg, searched))
         study.set_user_attr(MACHINES_ATTR, {machine.id: _machine_record(machine)})
         return study, machine
-    _check_resumable(cfg, study, fixed, stored, searched, directions)
+    check_resumable(cfg.sweep.name, study, identity)
     _check_machine(cfg, study, machine)
     return study, machine
+
+
+def study_exists(cfg: Loaded) -> bool:
+    """Whether ``sweep.storage`` holds a study named ``sweep.name``, found without creating a
+    file, a folder, a table or a study (opening a storage through Optuna creates them)."""
+    url, name = cfg.sweep.storage, cfg.sweep.name
+    if not url:
+        path = sweep_dir(cfg) / "study.db"
+        if not path.is_file():
+            return False
+        url = f"sqlite:///{path.resolve()}"
+    elif url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        if not path.is_file():
+            return False
+        journal = JournalStorage(JournalFileBackend(str(path)))
+        return name in optuna.get_all_study_names(storage=journal)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return False
+    check_rdb_url(url)  # an unknown scheme or a missing driver: one line, not a traceback
+    engine = sqlalchemy.create_engine(url)
+    try:
+        if not sqlalchemy.inspect(engine).has_table("studies"):
+            return False
+        with engine.connect() as conn:
+            query = sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :name")
+            return conn.execute(query, {"name": name}).first() is not None
+    except sqlalchemy.exc.SQLAlchemyError as err:  # unreachable server, refused login, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OutputError(f"sweep.storage cannot be read: {first}") from None
+    finally:
+        engine.dispose()
 
 
 def _machine_record(machine: Machine) -> dict[str, Any]:
@@ -133,43 +174,6 @@ def _check_machine(cfg: Loaded, study: optuna.Study, machine: Machine) -> None:
     )
     machines[machine.id] = _machine_record(machine)
     study.set_user_attr(MACHINES_ATTR, machines)
-
-
-def _check_resumable(
-    cfg: Loaded,
-    study: optuna.Study,
-    fixed: dict,
-    stored: dict,
-    searched: list[str],
-    directions: list[str],
-) -> None:
-    name = cfg.sweep.name
-    if [d.name.lower() for d in study.directions] != directions:
-        raise ConfigError(
-            f"sweep.name={name} exists with objectives {study.user_attrs.get('objectives')}; "
-            f"got sweep.objectives={cfg.sweep.objectives}. Use the same objectives or another "
-            "sweep.name."
-        )
-    if sorted(study.user_attrs.get("searched", [])) != sorted(searched):
-        raise ConfigError(
-            f"sweep.name={name} exists and searches {study.user_attrs.get('searched')}, but this "
-            f"space searches {searched}. Use the same space or another sweep.name."
-        )
-    diffs = sorted(_diff(stored, fixed))
-    if diffs:
-        raise ConfigError(
-            f"sweep.name={name} exists with other fixed settings ({', '.join(diffs[:6])}); "
-            "resuming would mix measurements. Use the same overrides or another sweep.name."
-        )
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out.extend(_diff(a.get(k), b.get(k), f"{prefix}{k}."))
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
 def worker_id() -> str:

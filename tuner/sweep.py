@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -17,6 +17,16 @@ from engine.validate import validate
 from tuner import space as space_mod
 from tuner.config import OBJECTIVES, PROFILED_OBJECTIVES, Loaded, replace_keys
 from tuner.launch import TrialOutcome, check_machine, run_trial
+from tuner.outputs import (
+    OutputError,
+    check_dir,
+    describe,
+    disk_full,
+    disk_full_detail,
+    out_of_space,
+    remove_partial,
+)
+from tuner.progress import Progress, header
 from tuner.report import write_report
 from tuner.study import (
     MACHINE_ATTR,
@@ -31,6 +41,7 @@ from tuner.study import (
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+DISK_FULL = "disk_full"  # fail_reason of a trial stopped by a full disk; measured again on resume
 LAYOUT_ATTR = "layout_key"  # the configuration a trial runs, normalised (space.layout_key)
 # a sampler that keeps proposing measured or infeasible layouts has converged, or the space
 # holds few runnable layouts
@@ -42,7 +53,7 @@ def _decided(t: FrozenTrial) -> bool:
     return (
         t.state in FINISHED
         and "duplicate_of" not in t.user_attrs
-        and t.user_attrs.get("fail_reason") != "interrupted"
+        and t.user_attrs.get("fail_reason") not in ("interrupted", DISK_FULL)
     )
 
 
@@ -74,26 +85,6 @@ def _earlier_same(study: optuna.Study, key: str, number: int) -> FrozenTrial | N
         if t.number != number and _decided(t) and t.user_attrs.get(LAYOUT_ATTR) == key:
             return t
     return None
-
-
-class Progress:
-    """One line per trial on stderr: how far the sweep is and the best result so far."""
-
-    def __init__(self, total: int, objective: str, echo: Callable[[str], None]) -> None:
-        self.total, self.objective, self.echo = total, objective, echo
-
-    def line(self, study: optuna.Study, trial: FrozenTrial | optuna.Trial, status: str) -> None:
-        done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        best = ""
-        if complete:
-            sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-            top = max(complete, key=lambda t: sign * t.values[0])
-            value = top.values[0]
-            shown = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-            best = f"  best {self.objective}={shown} (trial {top.number})"
-        params = " ".join(f"{k.split('.')[-1]}={v}" for k, v in trial.params.items())
-        self.echo(f"[{done:>3}/{self.total}] trial {trial.number:<3} {params:<40} {status}{best}")
 
 
 def _finish(
@@ -142,15 +133,25 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
             "`checkpoint.resume=true` resumes one run; a sweep resumes by rerunning its command "
             "with the same sweep.name. Remove checkpoint.resume."
         )
-    space = space_mod.build(cfg.space, cfg.run)
+    space = _space(cfg)
     searched = list(space.distributions)
     check_objectives(cfg, space)
     out = sweep_dir(cfg)
-    study, machine = open_study(cfg, searched)
+    # before the study and the first trial: a folder that cannot be written fails now, not
+    # after an hour of measuring
+    check_dir(out, key="sweep.out_dir", value=str(cfg.sweep.out_dir))
+    study, machine = open_study(cfg, space.distributions)
     recover_interrupted(study)
-    progress = Progress(cfg.sweep.n_trials, cfg.sweep.objectives[0], echo)
-    echo(f"sweep {cfg.sweep.name}: searching {searched} -> {out}")
+    progress = Progress(
+        cfg.sweep.n_trials, cfg.sweep.objectives[0], echo, base=cfg.run, counts=_counts
+    )
+    echo(header(cfg.sweep.name, searched, out, cfg.run))
+    for setting in space_mod.fixed_by_command_line(cfg.space, cfg.overrides)[1]:
+        echo(f"{setting} fixed by the command line; not searched")
     echo(f"measuring on {machine.describe()}")
+    done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
+    if done >= cfg.sweep.n_trials:
+        echo(f"{done}/{cfg.sweep.n_trials} trials done; raise sweep.n_trials to add more")
     repeats, layouts = 0, space.distinct_layouts(cfg.run)
     while sum(_counts(t) for t in study.get_trials(deepcopy=False)) < cfg.sweep.n_trials:
         trials = study.get_trials(deepcopy=False)
@@ -180,6 +181,18 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     report = write_report(study, out)
     echo(f"report: {report}")
     return report
+
+
+def _space(cfg: Loaded) -> space_mod.SearchSpace:
+    """The sweep's space, less the keys the command line fixes (the user's value wins)."""
+    remaining, fixed = space_mod.fixed_by_command_line(cfg.space, cfg.overrides)
+    if fixed and not remaining:
+        raise ConfigError(
+            f"the command line fixes every key the space searches ({' '.join(fixed)}), so "
+            "there is nothing to search; run one configuration with `python -m tuner run`, or "
+            "add keys to search with space.KEY=[...]."
+        )
+    return space_mod.build(remaining, cfg.run)
 
 
 def check_objectives(cfg: Loaded, space: space_mod.SearchSpace) -> None:
@@ -222,4 +235,45 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
         study.enqueue_trial(trial.params, skip_if_exists=False)
         write_report(study, out)
         raise
+    except OSError as err:  # the sweep's own writes into the trial folder
+        if not disk_full(err):
+            raise
+        detail = describe(err, where=trial_dir)
+        _stop_on_full_disk(study, trial, out, detail, lambda: _fail(study, trial, detail))
+    if not outcome.ok and (disk_full_detail(outcome.detail) or out_of_space(trial_dir)):
+        # a rank's writes; its log may be empty, as there was no room to write the error
+        if not disk_full_detail(outcome.detail):
+            outcome.detail = f"{trial_dir}: no space left on device ({outcome.detail})"
+        outcome.reason = DISK_FULL
+        record = lambda: _finish(study, trial, outcome, cfg.sweep.objectives)  # noqa: E731
+        _stop_on_full_disk(study, trial, out, outcome.detail, record)
     return _finish(study, trial, outcome, cfg.sweep.objectives)
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, detail: str) -> None:
+    trial.set_user_attr("fail_reason", DISK_FULL)
+    trial.set_user_attr("fail_detail", detail)
+    tell(study, trial, state=TrialState.FAIL)
+
+
+def _stop_on_full_disk(
+    study: optuna.Study, trial: optuna.Trial, out: Path, detail: str, record: Callable[[], object]
+) -> NoReturn:
+    """End the sweep on a full disk: the trial is recorded as failed and queued again (it was
+    not the layout's fault), then one line says why. The study may sit on the full disk too;
+    a trial that cannot be recorded stays RUNNING and is recovered on resume."""
+    try:
+        record()
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+        note = f"trial {trial.number} is recorded as failed ({DISK_FULL})"
+    except Exception as err:
+        note = f"trial {trial.number} could not be recorded ({type(err).__name__})"
+    remove_partial(out / "trials" / f"{trial.number:04d}")  # and frees room for the report
+    try:
+        write_report(study, out)
+    except OutputError:
+        note += "; the report was not rewritten"
+    raise OutputError(
+        f"sweep stopped, disk full: {detail}; {note}. Free space and run the same command "
+        "to resume."
+    )

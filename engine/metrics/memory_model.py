@@ -23,7 +23,9 @@ head's tensors are gone.
 
 Two moments compete for the peak: the start of the last backward (activations, loss head,
 gradients of earlier micro-batches) and the optimizer step (all gradients, optimizer
-temporaries). The larger is the prediction; its parts are the breakdown.
+temporaries). With checkpointing a third: the end of backward, when the stage's first layer is
+recomputed while every later layer's gradients exist (a checkpointed layer keeps less than its
+gradients). The largest is the prediction; its parts are the breakdown.
 
 Building the model is a third, host-side moment (``host_build``, reported beside the parts and
 not in ``total``): each rank builds its part on the meta device and initialises it one full
@@ -38,12 +40,15 @@ from dataclasses import asdict, dataclass, replace
 
 from engine.config import RunConfig
 from engine.mesh import coordinates
-from engine.parallel.pipeline import SCHEDULES, local_stage_ids, split_layers, stages_per_rank
+from engine.parallel.pipeline import SCHEDULES, local_stage_ids, split_layers
+from engine.validate import stages_per_rank
 
 FP32 = 4
 _COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # schedules that run every micro-batch's forward before the backwards start
 _ALL_IN_FLIGHT = {"gpipe", "looped_bfs"}
+# schedules that split a layer's backward into an input-gradient and a weight-gradient pass
+_SPLIT_BACKWARD = {"interleaved_zero_bubble", "zbv_zero_bubble", "dualpipev"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,31 @@ def _loss_head_bytes(cfg: RunConfig, tokens: int) -> int:
     return tokens * (m.padded_vocab_size // cfg.parallel.tp * per_logit + head_in)
 
 
+def _last_recompute(cfg: RunConfig, *, tokens: int, layers: int, last: bool) -> tuple[int, int]:
+    """(gradients, activations) beyond the checkpointed layers' inputs at the end of a
+    checkpointed backward, when the stage's first layer is recomputed in full while the
+    gradients of every later layer already exist. A checkpointed layer keeps far less than
+    its parameters' gradients, so this moment, not the start of backward, is the peak."""
+    m, p = cfg.model, cfg.parallel
+    c, tp = _COMPUTE_BYTES[cfg.train.precision], p.tp
+    zero = p.zero if p.dp > 1 else 0
+    n_micro = cfg.train.global_batch // (p.dp * cfg.train.micro_batch)
+    # the recomputed layer, its backward's largest temporaries (the gradients of the MLP's
+    # hidden activation and of its input, alive together) and the logits the step's loop holds
+    work = _layer_activation_bytes(cfg, tokens) + 2 * tokens * m.d_ff * c // tp
+    if last:  # a pipeline schedule keeps every micro-batch's (see predict)
+        work += (n_micro if p.pp > 1 else 1) * tokens * m.padded_vocab_size // tp * c
+    grads = 0
+    if n_micro == 1:  # with accumulation they exist from the first micro-batch on (counted)
+        shard = p.dp if zero >= 2 else 1
+        head = m.padded_vocab_size * m.d_model // tp if last else 0
+        grads = FP32 * ((layers - 1) * _block_params(cfg) + head) // shard
+    if zero >= 2:
+        # FSDP's reduce-scatter input: the unsharded gradients of the unit being reduced
+        grads += FP32 * _block_params(cfg)
+    return grads, work
+
+
 def _in_flight(cfg: RunConfig, n_micro: int, stage_rank: int) -> int:
     p = cfg.parallel
     if p.pp == 1:
@@ -204,24 +234,45 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     tokens = t.micro_batch * m.seq_len
     per_layer = _layer_activation_bytes(cfg, tokens)
     head = _loss_head_bytes(cfg, tokens) if last else 0
-    if t.activation_checkpointing == "none":
-        acts = _in_flight(cfg, n_micro, pp_rank) * layers * per_layer + head
-    else:  # kept parts, plus the larger of the loss head and one layer recomputed in full
-        # (backward reaches the layers after the head's tensors are freed)
-        kept = _checkpointed_layer_bytes(cfg, tokens)
-        acts = _in_flight(cfg, n_micro, pp_rank) * layers * kept + max(head, per_layer)
+    in_flight = _in_flight(cfg, n_micro, pp_rank)
+    if last and p.pp > 1:
+        # the schedule keeps every micro-batch's output (the logits) until the step ends, to
+        # return them merged; the current one's are in ``head`` already
+        head += (n_micro - 1) * tokens * m.padded_vocab_size // p.tp * c
     # gradients of earlier micro-batches; FSDP accumulates them unsharded (no reduce-scatter
     # until the last micro-batch)
     accumulated = (FP32 * psi if zero >= 2 else grads_full) if n_micro > 1 else 0
-    backward = MemoryPrediction(
+    start = MemoryPrediction(
         params=master + compute_copy,
         grads=buckets + accumulated,
         optimizer=moments,
-        activations=acts,
+        activations=in_flight * layers * per_layer + head,
     )
+    if t.activation_checkpointing != "none":
+        kept = in_flight * layers * _checkpointed_layer_bytes(cfg, tokens)
+        if p.pp > 1 and p.pp_schedule in _SPLIT_BACKWARD and n_micro > 1:
+            # these schedules run a layer's input-gradient and weight-gradient passes apart;
+            # the tensors the recomputation made for the first stay alive until the second, so
+            # every layer in flight holds its full activations again (one micro-batch leaves
+            # no work to put between the two: the weight pass follows at once)
+            kept += in_flight * layers * per_layer
+        start = replace(start, activations=kept + head)
+        late_grads, work = _last_recompute(cfg, tokens=tokens, layers=layers, last=last)
+        end = replace(start, grads=start.grads + late_grads, activations=kept + work)
+        backward = max(start, end, key=lambda x: x.total)
+    else:
+        backward = start
     # the optimizer step: every gradient, plus a foreach temporary of the moments' size on
-    # CUDA (sqrt of the second moment); CPU steps one parameter at a time
-    temps = FP32 * psi // (dp if zero >= 1 else 1) if device == "cuda" else 0
+    # CUDA (sqrt of the second moment); CPU steps one parameter at a time, with two temporaries
+    # of the largest parameter's size (the bias-corrected root of the second moment, the update)
+    if device == "cuda":
+        temps = FP32 * psi // (dp if zero >= 1 else 1)
+    else:
+        largest = max(
+            _largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1)
+            for s in ids
+        )
+        temps = 2 * FP32 * largest // (dp if zero >= 2 else 1)
     step = MemoryPrediction(
         params=master, grads=buckets + grads_full, optimizer=moments + temps, activations=0
     )

@@ -17,7 +17,9 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-MODES = ("none", "selective", "full")
+from engine.config import AC_MODES
+
+MODES = AC_MODES  # declared torch-free in engine.config
 
 _SAVE = {
     torch.ops.aten.mm.default,

@@ -25,7 +25,7 @@ from torch.distributed.pipelining.schedules import (
     ScheduleZBVZeroBubble,
 )
 
-from engine.config import ModelConfig
+from engine.config import PP_SCHEDULES, ModelConfig
 from engine.model import GPT
 
 
@@ -35,20 +35,19 @@ class ScheduleSpec:
     placement: str  # "single" (one stage per rank), "loop" or "v"
 
 
-SCHEDULES: dict[str, ScheduleSpec] = {
-    "gpipe": ScheduleSpec(ScheduleGPipe, "single"),
-    "1f1b": ScheduleSpec(Schedule1F1B, "single"),
-    "interleaved_1f1b": ScheduleSpec(ScheduleInterleaved1F1B, "loop"),
-    "looped_bfs": ScheduleSpec(ScheduleLoopedBFS, "loop"),
-    "interleaved_zero_bubble": ScheduleSpec(ScheduleInterleavedZeroBubble, "loop"),
-    "zbv_zero_bubble": ScheduleSpec(ScheduleZBVZeroBubble, "v"),
-    "dualpipev": ScheduleSpec(ScheduleDualPipeV, "v"),
+_CLASSES: dict[str, type] = {
+    "gpipe": ScheduleGPipe,
+    "1f1b": Schedule1F1B,
+    "interleaved_1f1b": ScheduleInterleaved1F1B,
+    "looped_bfs": ScheduleLoopedBFS,
+    "interleaved_zero_bubble": ScheduleInterleavedZeroBubble,
+    "zbv_zero_bubble": ScheduleZBVZeroBubble,
+    "dualpipev": ScheduleDualPipeV,
 }
-
-
-def stages_per_rank(schedule: str, virtual_stages: int) -> int:
-    placement = SCHEDULES[schedule].placement
-    return {"single": 1, "loop": virtual_stages, "v": 2}[placement]
+# the placements are declared once, torch-free, in engine.config
+SCHEDULES: dict[str, ScheduleSpec] = {
+    name: ScheduleSpec(_CLASSES[name], placement) for name, placement in PP_SCHEDULES.items()
+}
 
 
 def stage_costs(cfg: ModelConfig) -> tuple[float, float]:

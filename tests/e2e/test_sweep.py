@@ -200,3 +200,59 @@ def test_resume_on_another_machine_is_refused_unless_allowed(tmp_path):
     assert set(study.user_attrs["machines"]) == {"0123456789", mid}
     html = (tmp_path / "reports" / "where" / "report.html").read_text()
     assert "Measured on 2 machines" in html and "elsewhere" in html
+
+
+def test_command_line_value_beats_the_space_and_resume_rules_hold(tmp_path):
+    # the default space searches train.precision; the user's fp16 wins and is reported as fixed
+    args = ["sweep", *FAST, "train.precision=fp16", "sweep.name=fixprec", "sweep.n_trials=1"]
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "train.precision=fp16 fixed by the command line; not searched" in proc.stderr
+    out = tmp_path / "reports" / "fixprec"
+    study = _study(tmp_path, "fixprec")
+    (trial,) = study.trials
+    assert "train.precision" not in trial.params
+    config = json.loads((out / "trials" / "0000" / "config.json").read_text())
+    result = json.loads((out / "trials" / "0000" / "result.json").read_text())
+    assert config["train"]["precision"] == result["config"]["train"]["precision"] == "fp16"
+    assert "train.precision=fp16" in study.user_attrs["base_overrides"]
+    fixed = (out / "report.html").read_text().split("Fixed for the whole sweep:")[1]
+    assert "train.precision=fp16" in fixed.split("</p>")[0]
+    assert study.metric_names == ["tokens_per_s"]  # names for optuna-dashboard
+
+    again = cli(*args, cwd=tmp_path)  # nothing left to do: says so, runs nothing
+    assert again.returncode == 0, again.stderr
+    assert "1/1 trials done; raise sweep.n_trials to add more" in again.stderr
+    assert len(_study(tmp_path, "fixprec").trials) == 1
+
+    # same keys, other choices: refused in one line, nothing written, nothing left RUNNING
+    changed = cli(*args[:-1], "sweep.n_trials=5", "space.train.micro_batch=[1,2]", cwd=tmp_path)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    line = changed.stderr.strip()
+    assert line.startswith("error:") and "\n" not in line and "space.train.micro_batch" in line
+    study = _study(tmp_path, "fixprec")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_layout_sweep_progress_shows_derived_dp_and_no_idle_knobs(tmp_path):
+    proc = cli(
+        "sweep",
+        *FAST,
+        "+experiment=layouts",
+        "sweep.name=lay",
+        "sweep.n_trials=1",
+        "space.parallel.tp=[2]",
+        "space.parallel.pp=[1]",  # pp_schedule stays searched: no effect without a pipeline
+        "space.parallel.zero=[0]",
+        "space.train.micro_batch=[2]",
+        "~space.train.precision",
+        "~space.train.activation_checkpointing",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "dp derived per trial: world_size 4 / (tp * pp)" in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[")]
+    assert lines and all(len(ln) <= 120 for ln in lines), lines
+    measured = [ln for ln in lines if " ok " in ln]
+    assert measured == [measured[0]] and "tp=2 pp=1 zero=0 dp=2 mb=2  ok" in measured[0]
+    assert "vstages" not in measured[0] and not any("sched=" in ln for ln in lines), lines

@@ -44,4 +44,39 @@ def test_activations_scale_with_tokens_and_shrink_with_checkpointing() -> None:
 
 def test_cuda_step_counts_the_foreach_temporary() -> None:
     cfg = tiny_config(train={"micro_batch": 1, "global_batch": 1})  # activations are tiny
-    assert predict(cfg, 0, "cuda").optimizer == predict(cfg, 0, "cpu").optimizer + 4 * PSI
+    m = cfg.model
+    largest = m.d_model * m.d_ff  # CPU steps one parameter at a time: two of its size
+    cpu = predict(cfg, 0, "cpu").optimizer
+    assert cpu == 8 * PSI + 2 * 4 * largest
+    assert predict(cfg, 0, "cuda").optimizer == cpu - 2 * 4 * largest + 4 * PSI
+
+
+def test_full_checkpointing_peaks_at_the_last_recompute() -> None:
+    """A checkpointed block keeps only its input, far less than its parameters' gradients: the
+    peak comes at the end of backward, with the later layers' gradients, one recomputed layer
+    and its backward temporaries alive together."""
+    cfg = tiny_config(
+        train={"micro_batch": 4, "global_batch": 4, "activation_checkpointing": "full"}
+    )
+    m = cfg.model
+    tokens = 4 * m.seq_len
+    peak = predict(cfg, 0, "cpu")
+    block = PSI - m.padded_vocab_size * m.d_model * 2 - m.seq_len * m.d_model - 2 * m.d_model
+    block //= m.n_layers
+    head = m.padded_vocab_size * m.d_model
+    assert peak.grads == 4 * ((m.n_layers - 1) * block + head)
+    recomputed_at_least = tokens * (2 * m.d_ff * 4 + 2 * m.d_ff * 4)  # MLP outputs + their grads
+    kept = m.n_layers * tokens * m.d_model * 4
+    assert peak.activations >= kept + recomputed_at_least
+
+
+def test_zero_bubble_checkpointing_keeps_the_recomputed_activations() -> None:
+    """Split backward: the recomputation for the input gradients lives until the weight pass."""
+
+    def acts(schedule: str, ac: str) -> int:
+        parallel = {"pp": 2, "pp_schedule": schedule, "pp_virtual_stages": 1}
+        train = {"micro_batch": 2, "activation_checkpointing": ac}
+        return predict(tiny_config(parallel=parallel, train=train), 0, "cpu").activations
+
+    assert acts("zbv_zero_bubble", "full") > acts("zbv_zero_bubble", "none")
+    assert acts("1f1b", "full") < acts("1f1b", "none")

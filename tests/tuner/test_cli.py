@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import REPO, cli
 
 
 @pytest.mark.parametrize(
@@ -20,6 +24,7 @@ from tests.helpers import cli
         (["sweep", "sweep.n_trials=0"], ["sweep.n_trials"]),
         (["sweep", "space.parallel.dp=[1,-1]"], ["space.parallel.dp", "-1"]),
         (["report", "sweep.name=never_ran"], ["never_ran"]),
+        (["report", "sweep.storage=foo://bar"], ["sweep.storage", "foo"]),
         # an objective the profiler measures, in a sweep whose trials may not profile
         (
             ["sweep", "measure.profile_steps=0", "sweep.objectives=[comm_bytes]"],
@@ -55,3 +60,24 @@ def test_help_lists_commands_and_groups(tmp_path):
     proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
     assert "sweep" in proc.stdout and "model: " in proc.stdout and "gpt2-small" in proc.stdout
+
+
+def test_help_config_errors_and_report_do_not_import_torch(tmp_path):
+    # torch takes seconds to import; only the subcommands that launch (or export) need it
+    code = (
+        "import sys\n"
+        "from tuner.cli import main\n"
+        "codes = [main(['--help']), main(['run', '--cfg', 'job']), main(['run', 'train.lr=nan']),"
+        " main(['sweep', 'sampler.seed=-1']), main(['report', 'sweep.name=never_ran'])]\n"
+        "print(codes, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[0, 0, 2, 2, 2] False", proc.stdout + proc.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from engine.config import ConfigError
 from engine.validate import validate
-from tuner.config import CONF_DIR, load
+from tuner.config import CONF_DIR, check_sampler, load
 
 
 def test_defaults_compose_into_a_valid_run():
@@ -39,6 +39,12 @@ def test_every_model_preset_is_valid(preset):
         (["sweep.objectives=[speed]"], ["sweep.objectives", "speed", "tokens_per_s"]),
         (["sampler=annealing"], ["annealing", "tpe"]),
         (["launcher.timeout_s=-1"], ["launcher.timeout_s", "-1"]),
+        (["launcher.timeout_s=nan"], ["launcher.timeout_s", "nan", "finite"]),
+        (["parallel.sp=yes"], ["parallel.sp", "yes", "true or false"]),
+        (["train.lr=["], ["train.lr=[", "KEY=VALUE"]),
+        (["model.init_std=${oc.env:HOME}"], ["model.init_std", "Float"]),
+        (["sampler.population_size=4"], ["sampler.population_size", "+sampler.population_size"]),
+        (["train.betas=[0.9]"], ["train.betas", "2 numbers"]),
     ],
 )
 def test_bad_overrides_are_refused_with_the_key(overrides, words):
@@ -46,3 +52,10 @@ def test_bad_overrides_are_refused_with_the_key(overrides, words):
         load(overrides)
     for word in words:
         assert word in str(err.value), str(err.value)
+
+
+def test_sampler_arguments_are_checked_by_creating_the_sampler():
+    with pytest.raises(ConfigError) as err:
+        check_sampler(load(["+sampler.bogus=1"]))
+    assert "\n" not in str(err.value) and "bogus" in str(err.value)
+    check_sampler(load(["sampler=nsga2"]))

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.machine import describe_record
+from tuner.study import WORKER_ATTR
+from tuner.study import _worker_alive as worker_alive
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -74,9 +77,19 @@ NOTE_COLUMNS: tuple[str, ...] = (
     "not_measured",
 )
 TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "log_dir")
-FAILED_STATES: tuple[str, ...] = ("FAIL", "PRUNED")
+#: A RUNNING trial whose worker on this host has died: shown, not changed (reporting is
+#: read-only; the next sweep run with the same sweep.name fails and requeues it).
+DEAD_WORKER_STATE = "RUNNING (worker dead)"
+FAILED_STATES: tuple[str, ...] = ("FAIL", "PRUNED", DEAD_WORKER_STATE)
 #: Display order for state counts; unknown states follow in order of appearance.
-STATE_ORDER: tuple[str, ...] = ("COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING")
+STATE_ORDER: tuple[str, ...] = (
+    "COMPLETE",
+    "FAIL",
+    "PRUNED",
+    "RUNNING",
+    DEAD_WORKER_STATE,
+    "WAITING",
+)
 RUN_COMMAND = "python -m tuner run"
 
 # Values Hydra's override grammar accepts unquoted; anything else gets Hydra single quotes.
@@ -155,11 +168,22 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     def attr(name: str) -> list[Any]:
         return [t.user_attrs.get(name) for t in trials]
 
+    dead = [_dead_worker(t) for t in trials]
     columns: dict[str, pd.Series] = {
         "number": pd.Series([t.number for t in trials], dtype="int64"),
-        "state": pd.Series([t.state.name for t in trials], dtype=object),
-        "fail_reason": _column(attr("fail_reason"), numeric=False),
-        "fail_detail": _column(attr("fail_detail"), numeric=False),
+        "state": pd.Series(
+            [DEAD_WORKER_STATE if d else t.state.name for t, d in zip(trials, dead)], dtype=object
+        ),
+        "fail_reason": _column(
+            ["interrupted" if d else r for r, d in zip(attr("fail_reason"), dead)], numeric=False
+        ),
+        "fail_detail": _column(
+            [
+                f"worker {d} is no longer running; the next sweep run queues it again" if d else v
+                for v, d in zip(attr("fail_detail"), dead)
+            ],
+            numeric=False,
+        ),
         "duplicate_of": pd.Series(attr("duplicate_of"), dtype="Int64"),
     }
     for name in _param_names(trials):
@@ -177,6 +201,14 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     columns["duration_s"] = columns.pop("duration_s").astype("float64")
     columns["log_dir"] = _column(attr("log_dir"), numeric=False)
     return pd.DataFrame(columns)
+
+
+def _dead_worker(trial: FrozenTrial) -> str | None:
+    """The worker ("host:pid") of a RUNNING trial if it has died on this host, else None."""
+    worker = trial.user_attrs.get(WORKER_ATTR)
+    if trial.state != TrialState.RUNNING or not worker or worker_alive(worker):
+        return None
+    return worker
 
 
 def param_columns(df: pd.DataFrame) -> list[str]:

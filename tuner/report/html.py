@@ -6,11 +6,9 @@ once in the head and every figure is rendered without its own copy.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 import plotly.offline
 
+from tuner.outputs import OutputError, atomic_write_text, describe
 from tuner.report import data, figures, measurements
 
 if TYPE_CHECKING:
@@ -41,18 +40,9 @@ th { background: #f0f0f0; }
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, so a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        # mkstemp creates 0600; a report is meant to be shared like any other output file.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write via a temp file in the same folder, so a reader never sees a half-written file;
+    a failed write (a full disk) is one :class:`~tuner.outputs.OutputError` line."""
+    atomic_write_text(path, text)
 
 
 def _fmt(value: Any) -> str:
@@ -325,7 +315,10 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
 def write_report(study: optuna.Study, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``trials.csv`` and ``report.html`` into ``out_dir``; return the HTML path."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot write the report: {describe(err)}") from None
     df = data.trials_frame(study)
     _atomic_write(out / "trials.csv", df.to_csv(index=False))
     path = out / "report.html"
