@@ -25,6 +25,7 @@ from engine.parallel import pipeline as pp_mod
 from engine.parallel.activation import apply_activation_checkpointing
 from engine.parallel.tensor import apply_tensor_parallel, loss_context
 from engine.precision import Precision
+from engine.validate import stages_per_rank
 
 Batch = list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) micro-batches, (B, T) each
 
@@ -158,7 +159,7 @@ def build_parts(cfg: RunConfig, mesh: Mesh, device: torch.device) -> list[tuple[
         with torch.device("meta"):
             model = GPT(cfg.model)
         return [(0, _shard(model, cfg, mesh, device))]
-    n_stages = p.pp * pp_mod.stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
+    n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
     layers = pp_mod.split_layers(cfg.model, n_stages)
     ids = pp_mod.local_stage_ids(mesh.pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
     parts = []
@@ -175,7 +176,7 @@ def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision
     if mesh.pp == 1:
         return Stepper([parts[0][1]], precision, mesh.tp, Phases(device))
     p = cfg.parallel
-    n_stages = p.pp * pp_mod.stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
+    n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
     ids = [sid for sid, _ in parts]
     modules = [part for _, part in parts]
     stages = [
