@@ -26,7 +26,7 @@ from torch.distributed.pipelining import PipelineStage
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
-from engine import dist as edist
+from engine import runtime
 from engine.config import PRECISIONS, ConfigError, ParallelConfig, RunConfig
 from engine.mesh import Mesh, build_mesh
 from engine.parallel import data as dp_wrap
@@ -97,7 +97,7 @@ class Engine:
         run = RunConfig(
             parallel=dataclasses.replace(config.parallel, world_size=0), device=config.device
         )
-        self.ctx = edist.init(run) if not dist.is_initialized() else self._joined(run)
+        self.ctx = runtime.init(run) if not dist.is_initialized() else self._joined(run)
         self.mesh: Mesh = build_mesh(config.parallel, self.ctx)
         self.config, self.loss_fn = config, loss_fn
         self.schedule = None
@@ -142,12 +142,12 @@ class Engine:
         )
 
     @staticmethod
-    def _joined(run: RunConfig) -> edist.DistContext:
+    def _joined(run: RunConfig) -> runtime.DistContext:
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
-        device = edist.resolve_device(run.device, local)
+        device = runtime.resolve_device(run.device, local)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        return edist.DistContext(rank, world, local, world, device, backend, True)
+        return runtime.DistContext(rank, world, local, world, device, backend, True)
 
     @property
     def dp_rank(self) -> int:
@@ -200,4 +200,4 @@ class Engine:
         return total.item()
 
     def close(self) -> None:
-        edist.close(self.ctx)
+        runtime.close(self.ctx)

@@ -1,7 +1,7 @@
 """Starts N ranks as separate processes on this machine (torchrun-style, single node).
 
 Rendezvous is on 127.0.0.1 at a free port, and nothing the ranks open listens elsewhere: rank 0
-binds the rendezvous store to loopback (engine.dist), gloo and NCCL are held to ``lo``. Each rank
+binds the rendezvous store to loopback (engine.runtime), gloo and NCCL are held to ``lo``. Each rank
 runs in its own process session so that a timeout or a failed peer ends every process it
 started. A port taken between choosing and binding it is retried with another.
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.dist import cpu_threads
+from engine.runtime import cpu_threads
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from engine.config import ParallelConfig
-from engine.dist import DistContext
+from engine.runtime import DistContext
 
 
 @dataclass(frozen=True)

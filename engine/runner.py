@@ -9,7 +9,7 @@ import traceback
 import torch
 import torch.distributed as dist
 
-from engine import dist as edist
+from engine import runtime
 from engine.config import RunConfig
 from engine.metrics.flops import Peak, cpu_peak, gpu_peak, override_flops
 from engine.results import build_result, write_json_atomic
@@ -46,7 +46,7 @@ def measured_peak(cfg: RunConfig) -> Peak:
     return Peak(cpu_peak(torch.get_num_threads(), cfg.train.precision), "measured-cpu")
 
 
-def _gather(record: RankRecord, ctx: edist.DistContext) -> list[RankRecord]:
+def _gather(record: RankRecord, ctx: runtime.DistContext) -> list[RankRecord]:
     if not ctx.initialized or ctx.world_size == 1:
         return [record]
     records: list[RankRecord | None] = [None] * ctx.world_size
@@ -57,7 +57,7 @@ def _gather(record: RankRecord, ctx: edist.DistContext) -> list[RankRecord]:
 def run(cfg: RunConfig) -> dict | None:
     """Run this rank; rank 0 returns (and writes, if ``cfg.out``) the result, others None."""
     cfg = validate(cfg)
-    ctx = edist.init(cfg)
+    ctx = runtime.init(cfg)
     try:
         peak = resolve_peak(cfg, ctx.device) if ctx.is_main else None
         record = train(cfg, ctx)
@@ -70,7 +70,7 @@ def run(cfg: RunConfig) -> dict | None:
             write_json_atomic(cfg.out, result)
         return result
     finally:
-        edist.close(ctx)
+        runtime.close(ctx)
 
 
 def main_rank(cfg: RunConfig) -> int:

@@ -14,7 +14,6 @@ from engine import parallelize
 from engine.checkpoint import Checkpointer
 from engine.config import ConfigError, RunConfig
 from engine.data import SyntheticTokens
-from engine.dist import DistContext
 from engine.mesh import build_mesh
 from engine.metrics import comm
 from engine.metrics.memory import PeakMemory, live_tensor_bytes, window_peak_bytes
@@ -23,6 +22,7 @@ from engine.metrics.timing import Stopwatch
 from engine.parallel import data as dp_wrap
 from engine.parallel.grad_norm import clip_, total_norm
 from engine.precision import Precision
+from engine.runtime import DistContext
 from engine.state import gather_full_state
 
 log = logging.getLogger(__name__)

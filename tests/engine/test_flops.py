@@ -7,7 +7,7 @@ import platform
 import pytest
 import torch
 
-from engine import dist as edist
+from engine import runtime
 from engine.config import ConfigError, ModelConfig, RunConfig
 from engine.metrics.flops import (
     Peak,
@@ -101,11 +101,11 @@ def test_peak_override_must_be_finite_positive_and_agree(section):
 
 def test_build_result_without_a_peak_has_null_mfu_and_hfu():
     cfg = validate(tiny_config(train={"steps": 3, "warmup_steps": 1}))
-    ctx = edist.init(cfg)
+    ctx = runtime.init(cfg)
     try:
         record = train(cfg, ctx)
     finally:
-        edist.close(ctx)
+        runtime.close(ctx)
     result = build_result(cfg, [record], peak=Peak(None, None, "unknown device"), device=ctx.device)
     assert result["status"] == "ok" and result["tokens_per_s"] > 0
     assert result["mfu"] is None and result["hfu"] is None

@@ -79,12 +79,12 @@ def _space_layouts(world_size: int) -> list[RunConfig]:
 
 def _worker(config_path: str, out_path: str) -> None:
     """One rank: run every config in turn in one process group; rank 0 writes the peaks."""
-    from engine import dist as edist
+    from engine import runtime
     from engine.runner import _gather
     from engine.train import train
 
     cfgs = [RunConfig.from_dict(d) for d in json.loads(Path(config_path).read_text())]
-    ctx = edist.init(cfgs[0])
+    ctx = runtime.init(cfgs[0])
     rows = []
     for cfg in cfgs:
         records = _gather(train(cfg, ctx), ctx)
@@ -93,7 +93,7 @@ def _worker(config_path: str, out_path: str) -> None:
         gc.collect()  # the next run's live-tensor count must not see this one's tensors
     if ctx.is_main:
         Path(out_path).write_text(json.dumps(rows))
-    edist.close(ctx)
+    runtime.close(ctx)
 
 
 def _describe(cfg: RunConfig) -> str:
