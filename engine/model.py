@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.shapes import count_params as count_params  # re-exported: formulas live there
 
 
 class RMSNorm(nn.Module):
@@ -185,33 +186,3 @@ class GPT(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         return self.head(x) if self.head is not None else x  # (B, T, vocab)
-
-
-def count_params(cfg: ModelConfig) -> dict[str, int]:
-    """Analytic parameter counts, independent of the module code (checked against it in tests).
-
-    ``total``: every parameter the module holds, padded vocabulary rows included (what memory
-    and communication move). ``embedding``: the token table's real rows and the position
-    table, which do no matmul work. ``non_embedding``: the blocks, final norm and the head's
-    real rows: MFU's N, so model FLOPs count the real vocabulary (the padded rows are an
-    implementation choice that does no useful work; see engine.metrics.flops).
-    ``vocab_padding``: the padded rows of the token table and the head.
-    total = embedding + non_embedding + vocab_padding.
-    """
-    d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
-    b = 1 if cfg.bias else 0
-    norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
-    attn = 4 * (d * d + b * d)
-    n_mats = 3 if cfg.mlp == "swiglu" else 2
-    mlp = (n_mats - 1) * (d * f + b * f) + (f * d + b * d)
-    embedding = cfg.vocab_size * d + (cfg.seq_len * d if cfg.position == "learned" else 0)
-    blocks = L * (2 * norm + attn + mlp)
-    head = cfg.vocab_size * d
-    padding = 2 * (cfg.padded_vocab_size - cfg.vocab_size) * d
-    non_embedding = blocks + norm + head
-    return {
-        "total": embedding + non_embedding + padding,
-        "embedding": embedding,
-        "non_embedding": non_embedding,
-        "vocab_padding": padding,
-    }

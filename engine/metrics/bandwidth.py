@@ -19,7 +19,7 @@ from engine.metrics.comm import UNATTRIBUTED
 from engine.metrics.comm_trace import canonical_kind
 
 
-def _factor(kind: str, n: int) -> float | None:
+def bus_factor(kind: str, n: int) -> float | None:
     kind = canonical_kind(kind)  # FSDP's `_all_gather_base` is an all-gather, and so on
     if kind == "all_reduce":
         return 2 * (n - 1) / n
@@ -46,7 +46,7 @@ def add_bandwidth(kinds: dict[str, dict[str, Any]], group: int | None) -> None:
             gathers = canonical_kind(kind) == "all_gather"
             size = stats["bytes"] * (group if gathers else 1)
             algbw = size / stats["time_s"] / 1e9
-            factor = _factor(kind, group)
+            factor = bus_factor(kind, group)
             busbw = algbw * factor if factor is not None else None
         stats["algbw_gbps"], stats["busbw_gbps"] = algbw, busbw
 

@@ -10,7 +10,6 @@ schedules. Micro-batches are the data-parallel rank's share of the global batch,
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,9 @@ from torch.distributed.pipelining.schedules import (
 
 from engine.config import PP_SCHEDULES, ModelConfig
 from engine.model import GPT
+
+# where the layers go is plain arithmetic, shared with the planner and the memory model
+from engine.stages import local_stage_ids, split_layers, stage_costs  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -48,47 +50,6 @@ _CLASSES: dict[str, type] = {
 SCHEDULES: dict[str, ScheduleSpec] = {
     name: ScheduleSpec(_CLASSES[name], placement) for name, placement in PP_SCHEDULES.items()
 }
-
-
-def stage_costs(cfg: ModelConfig) -> tuple[float, float]:
-    """(block, head) cost in FLOPs-per-token units of one block."""
-    block = 4 * cfg.d_model**2 + (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
-    block += 2 * cfg.seq_len * cfg.d_model  # attention scores: 2·T·d per token (PaLM's 12LHQT / 6)
-    return 1.0, cfg.padded_vocab_size * cfg.d_model / block  # the head computes padded rows too
-
-
-def split_layers(cfg: ModelConfig, n_stages: int) -> list[list[int]]:
-    """Consecutive layer ranges per stage, minimising the most loaded stage (head included)."""
-    _, head = stage_costs(cfg)
-    n = cfg.n_layers
-
-    # dynamic programming over (first unplaced layer, stages left): the partition with the
-    # smallest most-loaded stage, ties broken by the smallest sum of squared loads (evenness)
-    @functools.cache
-    def solve(start: int, stages_left: int) -> tuple[float, float, tuple[int, ...]]:
-        if stages_left == 1:
-            load = (n - start) + head
-            return load, load * load, (n,)
-        best = (float("inf"), float("inf"), ())
-        for end in range(start + 1, n - stages_left + 2):
-            rest_max, rest_sq, cuts = solve(end, stages_left - 1)
-            here = end - start
-            candidate = (max(here, rest_max), here * here + rest_sq, (end, *cuts))
-            best = min(best, candidate)
-        return best
-
-    _, _, cuts = solve(0, n_stages)
-    bounds = [0, *cuts]
-    return [list(range(bounds[i], bounds[i + 1])) for i in range(n_stages)]
-
-
-def local_stage_ids(pp_rank: int, pp: int, schedule: str, virtual_stages: int) -> list[int]:
-    placement = SCHEDULES[schedule].placement
-    if placement == "single":
-        return [pp_rank]
-    if placement == "v":
-        return [pp_rank, 2 * pp - 1 - pp_rank]
-    return [pp_rank + k * pp for k in range(virtual_stages)]
 
 
 def stage_module(cfg: ModelConfig, layers: list[int], *, first: bool, last: bool) -> GPT:

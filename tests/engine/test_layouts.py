@@ -6,8 +6,9 @@ rounding differences of ~1e-7 in the gradients to a few 1e-6 in the weights).
 
 The same runs check the measurements on every layout: collectives counted at the process group
 (measure.count_calls) agree with the profiler's count, the step-time breakdown adds up to the
-stopwatch's step time within 5%, and the analytic memory peak lies within 25% of the measured
-tensor peak.
+stopwatch's step time within 5%, the analytic memory peak lies within 25% of the measured
+tensor peak, and the measured bytes per collective kind equal the analytic volumes
+(engine/metrics/volumes.py) within 1%.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ def _check_measurements(result: dict) -> None:
         result["tensor_peak_bytes_per_rank"],
         result["mem_breakdown"],
     )
+    # one source of truth for the volumes the planner times: measured bytes per kind
+    measured = {k: v["bytes"] for k, v in result["comm"].items()}
+    expected = {k: v for k, v in result["comm_bytes_analytic"].items() if v}
+    assert set(measured) == set(expected), (measured, expected)
+    for kind, value in expected.items():
+        assert measured[kind] == pytest.approx(value, rel=0.01), (kind, measured, expected)
     if result["comm_calls"] is None:
         return
     # the profiler sees what gloo runs: a reduce-scatter is carried out as an all-reduce

@@ -1,0 +1,66 @@
+"""Where the layers go under pipeline parallelism, in plain Python (no torch): the planner and
+the memory model place stages without building anything; engine.parallel.pipeline builds them.
+
+The model is cut into ``pp * virtual_stages`` stages of consecutive blocks, balanced by FLOPs
+per token: a block counts 1, the output head counts its matmul's share (vocab * d_model against
+a block's weights), the embedding lookup counts 0.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from engine.config import PP_SCHEDULES, ModelConfig, ParallelConfig
+from engine.validate import stages_per_rank
+
+
+def n_stages(parallel: ParallelConfig) -> int:
+    """Pipeline stages of the whole model (1 without pipeline parallelism)."""
+    if parallel.pp == 1:
+        return 1
+    return parallel.pp * stages_per_rank(parallel.pp_schedule, parallel.pp_virtual_stages)
+
+
+def stage_costs(cfg: ModelConfig) -> tuple[float, float]:
+    """(block, head) cost in FLOPs-per-token units of one block."""
+    block = 4 * cfg.d_model**2 + (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
+    block += 2 * cfg.seq_len * cfg.d_model  # attention scores: 2·T·d per token (PaLM's 12LHQT / 6)
+    return 1.0, cfg.padded_vocab_size * cfg.d_model / block  # the head computes padded rows too
+
+
+def split_layers(cfg: ModelConfig, n_stages: int) -> list[list[int]]:
+    """Consecutive layer ranges per stage, minimising the most loaded stage (head included)."""
+    cuts = _cuts(cfg.n_layers, stage_costs(cfg)[1], n_stages)
+    bounds = [0, *cuts]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(n_stages)]
+
+
+@functools.cache  # the planner asks for the same split for many layouts
+def _cuts(n: int, head: float, n_stages: int) -> tuple[int, ...]:
+    # dynamic programming over (first unplaced layer, stages left): the partition with the
+    # smallest most-loaded stage, ties broken by the smallest sum of squared loads (evenness)
+    @functools.cache
+    def solve(start: int, stages_left: int) -> tuple[float, float, tuple[int, ...]]:
+        if stages_left == 1:
+            load = (n - start) + head
+            return load, load * load, (n,)
+        best = (float("inf"), float("inf"), ())
+        for end in range(start + 1, n - stages_left + 2):
+            rest_max, rest_sq, cuts = solve(end, stages_left - 1)
+            here = end - start
+            candidate = (max(here, rest_max), here * here + rest_sq, (end, *cuts))
+            best = min(best, candidate)
+        return best
+
+    return solve(0, n_stages)[2]
+
+
+def local_stage_ids(pp_rank: int, pp: int, schedule: str, virtual_stages: int) -> list[int]:
+    """The stages pipeline rank ``pp_rank`` runs: one, several looped (stages r, r+pp, ...) or
+    two in a V (stages r and 2pp-1-r)."""
+    placement = PP_SCHEDULES[schedule]
+    if placement == "single":
+        return [pp_rank]
+    if placement == "v":
+        return [pp_rank, 2 * pp - 1 - pp_rank]
+    return [pp_rank + k * pp for k in range(virtual_stages)]
