@@ -30,8 +30,8 @@ tokens, h the hidden size:
   and their gradients come back; boundaries between two stages of the same rank (the turn of
   a V) move nothing.
 
-Checked against measured bytes and calls on 22 layouts (dp × tp × pp compositions, every
-ZeRO stage, sequence parallelism, interleaved and V schedules, SwiGLU, bf16, checkpointing).
+Checked against measured bytes on every layout of the contract suite
+(tests/engine/test_layouts.py) and the bf16 and SwiGLU cases of test_comm_volume.py.
 - the global gradient norm: a few 4-byte all-reduces (one per sharded mesh dimension, one
   over the pipeline).
 """
