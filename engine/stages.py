@@ -30,12 +30,36 @@ def stage_costs(cfg: ModelConfig) -> tuple[float, float]:
 
 def split_layers(cfg: ModelConfig, n_stages: int) -> list[list[int]]:
     """Consecutive layer ranges per stage, minimising the most loaded stage (head included)."""
-    cuts = _cuts(cfg.n_layers, stage_costs(cfg)[1], n_stages)
-    bounds = [0, *cuts]
-    return [list(range(bounds[i], bounds[i + 1])) for i in range(n_stages)]
+    return [list(r) for r in _split(cfg.n_layers, stage_costs(cfg)[1], n_stages)]
 
 
 @functools.cache  # the planner asks for the same split for many layouts
+def _split(n: int, head: float, n_stages: int) -> tuple[range, ...]:
+    bounds = [0, *_cuts(n, head, n_stages)]
+    return tuple(range(bounds[i], bounds[i + 1]) for i in range(n_stages))
+
+
+def stage_sizes(cfg: ModelConfig, n_stages: int) -> tuple[int, ...]:
+    """Blocks per stage (what the planner needs of ``split_layers``, without the lists)."""
+    return tuple(len(r) for r in _split(cfg.n_layers, stage_costs(cfg)[1], n_stages))
+
+
+def representative_ranks(cfg: ModelConfig, parallel: ParallelConfig) -> list[int]:
+    """Pipeline ranks whose loads differ enough to hold the extremes: the first (embedding),
+    the last (head) and one with the most blocks; the others hold fewer or as many blocks."""
+    if parallel.pp == 1:
+        return [0]
+    total = n_stages(parallel)
+    sizes = stage_sizes(cfg, total)
+    p = parallel
+
+    def blocks(r: int) -> int:
+        return sum(sizes[s] for s in local_stage_ids(r, p.pp, p.pp_schedule, p.pp_virtual_stages))
+
+    most = max(range(p.pp), key=blocks)
+    return sorted({0, p.pp - 1, most})
+
+
 def _cuts(n: int, head: float, n_stages: int) -> tuple[int, ...]:
     # dynamic programming over (first unplaced layer, stages left): the partition with the
     # smallest most-loaded stage, ties broken by the smallest sum of squared loads (evenness)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from engine.config import RunConfig
 from engine.shapes import stage_params
-from engine.stages import local_stage_ids, n_stages, split_layers
+from engine.stages import local_stage_ids, n_stages, stage_sizes
 
 FP32 = 4
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -66,10 +66,10 @@ def rank_params(cfg: RunConfig, pp_rank: int) -> int:
     total = n_stages(p)
     if total == 1:
         return stage_params(m, p.tp, layers=m.n_layers, first=True, last=True)
-    split = split_layers(m, total)
+    sizes = stage_sizes(m, total)
     ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
     return sum(
-        stage_params(m, p.tp, layers=len(split[s]), first=s == 0, last=s == total - 1) for s in ids
+        stage_params(m, p.tp, layers=sizes[s], first=s == 0, last=s == total - 1) for s in ids
     )
 
 
@@ -92,9 +92,9 @@ def _local_units(cfg: RunConfig, pp_rank: int) -> int:
     total = n_stages(p)
     if total == 1:
         return m.n_layers + 1
-    split = split_layers(m, total)
+    sizes = stage_sizes(m, total)
     ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    return sum(len(split[s]) + 1 for s in ids)
+    return sum(sizes[s] + 1 for s in ids)
 
 
 def _data_parallel(cfg: RunConfig, pp_rank: int, backend: str) -> list[Collective]:
@@ -177,9 +177,9 @@ def _local_layers(cfg: RunConfig, pp_rank: int) -> tuple[int, bool, bool]:
     total = n_stages(p)
     if total == 1:
         return m.n_layers, True, True
-    split = split_layers(m, total)
+    sizes = stage_sizes(m, total)
     ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    return sum(len(split[s]) for s in ids), 0 in ids, total - 1 in ids
+    return sum(sizes[s] for s in ids), 0 in ids, total - 1 in ids
 
 
 def _norm_tensors(cfg: RunConfig, layers: int, last: bool) -> int:

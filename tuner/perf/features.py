@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from engine.config import RunConfig
 from engine.metrics.bandwidth import bus_factor
 from engine.metrics.volumes import Collective, collectives, n_micro, rank_params
-from engine.stages import local_stage_ids, n_stages, split_layers
+from engine.stages import local_stage_ids, n_stages, representative_ranks, stage_sizes
 from tuner.perf.cluster import Cluster, group_strides
 
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -89,9 +89,9 @@ def _rank_load(cfg: RunConfig, cluster: Cluster, pp_rank: int, peak: float) -> R
         layers, head = m.n_layers, True
         stages = 1
     else:
-        split = split_layers(m, total)
+        sizes = stage_sizes(m, total)
         ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-        layers, head, stages = sum(len(split[s]) for s in ids), total - 1 in ids, len(ids)
+        layers, head, stages = sum(sizes[s] for s in ids), total - 1 in ids, len(ids)
     tokens = t.micro_batch * m.seq_len
     fwd = _op_flops(cfg, layers, head=head) * tokens
     recompute = {"none": 0.0, "selective": 0.0, "full": 1.0}[t.activation_checkpointing]
@@ -136,7 +136,7 @@ def features(cfg: RunConfig, cluster: Cluster, *, slowest: int | None = None) ->
     when known; else the one with the most work at datasheet rates)."""
     p, t = cfg.parallel, cfg.train
     peak = cluster.peak_flops(t.precision)
-    ranks = [slowest] if slowest is not None else range(p.pp)
+    ranks = [slowest] if slowest is not None else representative_ranks(cfg.model, p)
     loads = [_rank_load(cfg, cluster, r, peak) for r in ranks]
     load = max(loads, key=lambda x: x.flops + x.elem_bytes + x.comm_tp + x.comm_pp)
     m = n_micro(cfg)

@@ -1,0 +1,74 @@
+"""Every parallel layout of one model on one cluster: the candidates the planner ranks.
+
+A layout fixes the degrees (dp × tp × pp = the cluster's devices), the ZeRO stage, sequence
+parallelism, the pipeline schedule and its stages per rank, the micro-batch size, activation
+checkpointing and precision; the model, global batch and everything else come from the base
+configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from engine.config import AC_MODES, PP_SCHEDULES, ZERO_STAGES, RunConfig
+
+
+@dataclass(frozen=True)
+class PlanSpace:
+    """The choices the planner combines (degrees: every divisor of the device count)."""
+
+    zero: tuple[int, ...] = ZERO_STAGES
+    sp: tuple[bool, ...] = (False, True)
+    pp_schedule: tuple[str, ...] = tuple(PP_SCHEDULES)
+    pp_virtual_stages: tuple[int, ...] = (2, 4)  # for the looped schedules
+    micro_batch: tuple[int, ...] = (1, 2, 4, 8)
+    activation_checkpointing: tuple[str, ...] = AC_MODES
+    precision: tuple[str, ...] = ("bf16",)
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
+
+
+def _schedules(space: PlanSpace, pp: int) -> Iterator[tuple[str, int]]:
+    if pp == 1:
+        yield "1f1b", 1
+        return
+    for name in space.pp_schedule:
+        placement = PP_SCHEDULES[name]
+        if placement == "loop":
+            yield from ((name, v) for v in space.pp_virtual_stages)
+        else:
+            yield name, 1
+
+
+def layouts(base: RunConfig, world_size: int, space: PlanSpace) -> Iterator[RunConfig]:
+    """Every combination, valid or not (the planner says why one cannot run)."""
+    for tp in _divisors(world_size):
+        for pp in _divisors(world_size // tp):
+            dp = world_size // (tp * pp)
+            zeros = [z for z in space.zero if dp > 1 or z == 0]
+            sps = [s for s in space.sp if tp > 1 or not s]
+            for zero, sp, (sched, v) in itertools.product(zeros, sps, _schedules(space, pp)):
+                parallel = dataclasses.replace(
+                    base.parallel,
+                    world_size=world_size,
+                    dp=dp,
+                    tp=tp,
+                    pp=pp,
+                    zero=zero,
+                    sp=sp,
+                    pp_schedule=sched,
+                    pp_virtual_stages=v,
+                )
+                for mb, ac, prec in itertools.product(
+                    space.micro_batch, space.activation_checkpointing, space.precision
+                ):
+                    train = dataclasses.replace(
+                        base.train, micro_batch=mb, activation_checkpointing=ac, precision=prec
+                    )
+                    yield dataclasses.replace(base, parallel=parallel, train=train)
