@@ -1,0 +1,110 @@
+"""Microbenchmarks of this machine for the performance model: matmul rates by size and dtype,
+memory bandwidth, and collective latency and bandwidth by kind and group size.
+
+``python -m engine.microbench OUT.json`` run as N ranks (engine.launch) times the collectives
+of one process group of N; rank 0 also times matmuls and copies with the threads each of N
+local ranks gets, and writes everything to OUT.json. Each figure is the best of a few
+repeats: the machine's capability, which is what the model scales by its fitted efficiencies.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from engine.config import ParallelConfig, RunConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # TODO merge: engine.precision.DTYPES
+
+MATMUL_SIZES = (64, 128, 256, 512, 1024)
+MESSAGE_BYTES = (4, 4096, 65536, 1 << 20, 8 << 20)
+KINDS = ("all_reduce", "all_gather", "broadcast", "send")
+REPEATS = 5
+
+
+def _best(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_rates(precisions: tuple[str, ...] = ("fp32", "bf16")) -> list[dict]:
+    """FLOP/s of a (n, n) @ (n, n) matmul per size and dtype."""
+    out = []
+    for prec in precisions:
+        for n in MATMUL_SIZES:
+            a = torch.randn(n, n, dtype=DTYPES[prec])
+            b = torch.randn(n, n, dtype=DTYPES[prec])
+            seconds = _best(lambda a=a, b=b: torch.mm(a, b))
+            out.append({"precision": prec, "size": n, "flops_per_s": 2 * n**3 / seconds})
+    return out
+
+
+def memory_bandwidth(n_bytes: int = 256 << 20) -> float:
+    """Bytes per second of a large copy (a read and a write of each byte)."""
+    src = torch.empty(n_bytes // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    return 2 * n_bytes / _best(lambda: dst.copy_(src))
+
+
+def _collective(kind: str, n_bytes: int, rank: int, world: int) -> float:
+    x = torch.ones(max(1, n_bytes // 4), dtype=torch.float32)
+    if kind == "all_reduce":
+        return _best(lambda: dist.all_reduce(x))
+    if kind == "all_gather":
+        out = torch.empty(world * x.numel(), dtype=x.dtype)
+        return _best(lambda: dist.all_gather_into_tensor(out, x))
+    if kind == "broadcast":
+        return _best(lambda: dist.broadcast(x, src=0))
+
+    def ping() -> None:  # rank 0 <-> 1 one way: the time of one send of x
+        if rank == 0:
+            dist.send(x, dst=1)
+        elif rank == 1:
+            dist.recv(x, src=0)
+        dist.barrier()
+
+    return _best(ping)
+
+
+def collective_times(rank: int, world: int) -> list[dict]:
+    out = []
+    for kind in KINDS:
+        for n in MESSAGE_BYTES:
+            dist.barrier()
+            seconds = _collective(kind, n, rank, world)
+            out.append({"kind": kind, "group": world, "bytes": n, "seconds": seconds})
+    return out
+
+
+def main(out_path: str) -> None:
+    import os
+
+    from engine import runtime
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ctx = runtime.init(RunConfig(parallel=ParallelConfig(dp=world), device="cpu"))
+    rows = collective_times(ctx.rank, ctx.world_size) if ctx.world_size > 1 else []
+    if ctx.is_main:
+        result = {
+            "world_size": ctx.world_size,
+            "threads": torch.get_num_threads(),
+            "collectives": rows,
+            "matmul": matmul_rates(),
+            "memory_bytes_per_s": memory_bandwidth(),
+        }
+        Path(out_path).write_text(json.dumps(result, indent=1))
+    runtime.close(ctx)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
