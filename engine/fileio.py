@@ -17,7 +17,7 @@ from pathlib import Path
 # a folder written under this prefix and renamed into place when complete (engine.checkpoint)
 PARTIAL_DIR_PREFIX = ".tmp-"
 # unfinished files: ".NAME.PID.HEX.tmp" (see temp_path); unfinished folders: ".tmp-*"
-_PARTIAL = re.compile(r"^\.tmp-.*|^\..+\.tmp$")
+_PARTIAL = re.compile(rf"^{re.escape(PARTIAL_DIR_PREFIX)}.*|^\..+\.tmp$")
 
 
 def is_partial(name: str) -> bool:
