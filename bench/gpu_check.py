@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.config import ModelConfig, RunConfig
+from engine.units import GIB
 
 GPT2_SMALL = {
     "name": "gpt2-small",
@@ -174,9 +175,9 @@ def main() -> None:
         mfu, hfu = (f"{100 * r[k]:.1f}%" if r.get(k) is not None else "n/a" for k in ("mfu", "hfu"))
         rows.append(
             f"| {e['label']} | {r['tokens_per_s']:,.0f} | {mfu} | "
-            f"{hfu} | {r['peak_mem_bytes'] / 2**30:.2f} | "
-            f"{r.get('peak_reserved_bytes', 0) / 2**30:.2f} | "
-            f"{r['predicted_peak_mem_bytes'] / 2**30:.2f} | "
+            f"{hfu} | {r['peak_mem_bytes'] / GIB:.2f} | "
+            f"{r.get('peak_reserved_bytes', 0) / GIB:.2f} | "
+            f"{r['predicted_peak_mem_bytes'] / GIB:.2f} | "
             f"{'n/a' if err is None else f'{100 * err:+.1f}%'} | {r.get('alloc_retries', 0)} | "
             f"{'n/a' if bsum is None else f'{100 * bsum:+.1f}%'} |"
         )

@@ -47,6 +47,7 @@ from engine.checkpoint_verify import (
     read_manifest,
 )
 from engine.config import ModelConfig, RunConfig
+from engine.fileio import PARTIAL_DIR_PREFIX
 
 # re-exported: the folder format is part of this module's interface
 __all__ = ["MANIFEST", "CheckpointError", "Checkpointer", "check_model", "complete_checkpoints"]
@@ -156,7 +157,7 @@ class Checkpointer:
         """Save the state after ``step`` steps; returns the seconds it took (all ranks)."""
         t0 = time.perf_counter()
         final = self.root / f"step_{step:08d}"
-        tmp = self.root / f".tmp-step_{step:08d}"
+        tmp = self.root / f"{PARTIAL_DIR_PREFIX}step_{step:08d}"
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -192,7 +193,8 @@ class Checkpointer:
         os.rename(tmp, final)
         for _, old in complete_checkpoints(self.root)[: -self.cfg.checkpoint.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob(".tmp-step_*"):  # left by a crash in an earlier save
+        # left by a crash in an earlier save
+        for stale in self.root.glob(f"{PARTIAL_DIR_PREFIX}step_*"):
             shutil.rmtree(stale, ignore_errors=True)
 
     def _all_min(self, value: int) -> int:

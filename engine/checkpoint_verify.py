@@ -31,6 +31,7 @@ from torch.distributed.checkpoint import metadata as dcp_md
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
 from engine.config import ConfigError
+from engine.units import MIB
 
 MANIFEST = "paratune.json"
 FORMAT = 1
@@ -87,7 +88,7 @@ class DamagedCheckpoint(CheckpointError):
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(MIB), b""):
             h.update(block)
     return h.hexdigest()
 

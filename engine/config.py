@@ -19,18 +19,22 @@ NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 AC_MODES = ("none", "selective", "full")  # train.activation_checkpointing
 ZERO_STAGES = (0, 1, 2, 3)  # parallel.zero
-# pipeline schedule -> stage placement: "single" (one stage per rank), "loop" (several, looped)
-# or "v" (two, in a V); engine.parallel.pipeline maps the same names to torch's schedule
-# classes, and is kept out of here so that validating a config does not import torch
-PP_SCHEDULES = {
-    "gpipe": "single",
-    "1f1b": "single",
-    "interleaved_1f1b": "loop",
-    "looped_bfs": "loop",
-    "interleaved_zero_bubble": "loop",
-    "zbv_zero_bubble": "v",
-    "dualpipev": "v",
+# pipeline schedule -> (stage placement, its class in torch.distributed.pipelining.schedules,
+# the first torch release that has that class). Placement: "single" (one stage per rank),
+# "loop" (several, looped) or "v" (two, in a V). Names only, so that validating a config does
+# not import torch; engine.parallel.pipeline looks the classes up by these names.
+_PP_TABLE = {
+    "gpipe": ("single", "ScheduleGPipe", "2.4"),
+    "1f1b": ("single", "Schedule1F1B", "2.4"),
+    "interleaved_1f1b": ("loop", "ScheduleInterleaved1F1B", "2.4"),
+    "looped_bfs": ("loop", "ScheduleLoopedBFS", "2.4"),
+    "interleaved_zero_bubble": ("loop", "ScheduleInterleavedZeroBubble", "2.5"),
+    "zbv_zero_bubble": ("v", "ScheduleZBVZeroBubble", "2.6"),
+    "dualpipev": ("v", "ScheduleDualPipeV", "2.9"),
 }
+PP_SCHEDULES = {name: row[0] for name, row in _PP_TABLE.items()}
+PP_SCHEDULE_CLASSES = {name: row[1] for name, row in _PP_TABLE.items()}
+PP_SCHEDULE_SINCE = {name: row[2] for name, row in _PP_TABLE.items()}
 
 
 class ConfigError(ValueError):

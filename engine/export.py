@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.distributed.checkpoint as dcp
 
 from engine.checkpoint_verify import SafeReader, newest_verified
 from engine.config import ModelConfig
+from engine.fileio import atomic_write_text, replacing
 from engine.model import GPT
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ def export(checkpoint_dir: str | Path, out: str | Path) -> tuple[Path, int]:
         dcp.load(state, storage_reader=reader)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    torch.save(state["model"], tmp)
-    os.replace(tmp, out)
-    Path(f"{out}.json").write_text(json.dumps(manifest["model"], indent=1))
+    with replacing(out) as tmp:
+        torch.save(state["model"], tmp)
+    atomic_write_text(f"{out}.json", json.dumps(manifest["model"], indent=1))
     return out, step

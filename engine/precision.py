@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# train.precision / train.reduce_dtype name -> torch dtype (the one map of these names)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class LossScaler:
@@ -88,9 +89,9 @@ class Precision:
         )
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision not in _DTYPES:
+        if self.precision == "fp32":  # no autocast: everything runs in fp32
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scaler.scale if self.scaler is not None else loss

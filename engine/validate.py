@@ -8,9 +8,18 @@ Each failure is a ``ConfigError`` naming the key, the value and what would be va
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.metadata
 import math
+import re
 
-from engine.config import PP_SCHEDULES, ConfigError, RunConfig
+from engine.config import (
+    PP_SCHEDULE_CLASSES,
+    PP_SCHEDULE_SINCE,
+    PP_SCHEDULES,
+    ConfigError,
+    RunConfig,
+)
 from engine.config import ZERO_STAGES as ZERO_STAGES  # re-exported: engine.api reads it here
 from engine.validate_values import check_run_values
 
@@ -22,6 +31,37 @@ _MIN_MICRO = {"1f1b": "pp", "dualpipev": "stages"}
 
 def stages_per_rank(schedule: str, virtual_stages: int) -> int:
     return {"single": 1, "loop": virtual_stages, "v": 2}[PP_SCHEDULES[schedule]]
+
+
+@functools.cache
+def installed_torch() -> str | None:
+    """The installed torch's version, read from its package metadata without importing it
+    (None where torch is not installed)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, int]:
+    """(major, minor) of a version such as "2.9.0+cu128" or "2.10.0a0"."""
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+def schedules_in_torch(version: str | None) -> list[str]:
+    """The pipeline schedules torch ``version`` has (every one when the version is unknown)."""
+    have = _release(version) if version else None
+    return [k for k, v in PP_SCHEDULE_SINCE.items() if have is None or _release(v) <= have]
+
+
+def missing_schedule(schedule: str, version: str | None) -> ConfigError:
+    """The error for a pipeline schedule the installed torch lacks."""
+    return ConfigError(
+        f"parallel.pp_schedule={schedule} needs torch >= {PP_SCHEDULE_SINCE[schedule]} (the "
+        f"first with torch.distributed.pipelining.{PP_SCHEDULE_CLASSES[schedule]}), but torch "
+        f"{version} is installed; valid here: {schedules_in_torch(version)}, or upgrade torch."
+    )
 
 
 def _divisors(n: int) -> list[int]:
@@ -161,6 +201,8 @@ def _check_pipeline(cfg: RunConfig) -> None:
                 "parallel.pp=1; set parallel.pp > 1 or parallel.pp_virtual_stages=1."
             )
         return
+    if p.pp_schedule not in schedules_in_torch(installed_torch()):
+        raise missing_schedule(p.pp_schedule, installed_torch())
     looped = [k for k, v in PP_SCHEDULES.items() if v == "loop"]
     if placement == "single" and p.pp_virtual_stages > 1:
         raise ConfigError(

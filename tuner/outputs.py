@@ -25,17 +25,16 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
+from engine import fileio
 from engine.config import ConfigError
+from engine.units import KIB
 
 # errors that mean "this location takes no more bytes", not "this run is broken"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # how an engine rank's log says it: "OSError: [Errno 28] No space left on device: '/x'"
 _NO_SPACE_LINE = re.compile(r"\[Errno (28|122)\]|No space left on device|Disk quota exceeded")
-# names of unfinished writes: write_json_atomic / atomic_write_text temporaries, and the folder
-# a checkpoint is saved into before it is renamed into place (engine.checkpoint)
-_PARTIAL = re.compile(r"^\.tmp-.*|^\..+\.tmp$")
 # free bytes below which a filesystem counts as full: less than one log line's page per rank
-_NEARLY_FULL_BYTES = 64 * 1024
+_NEARLY_FULL_BYTES = 64 * KIB
 # Python module a database driver imports -> the package that provides it
 _DRIVER_PACKAGES = {
     "psycopg": "psycopg[binary]",
@@ -79,7 +78,7 @@ def out_of_space(path: Path) -> bool:
 def remove_partial(folder: Path) -> list[Path]:
     """Remove what interrupted writes left under ``folder``: the project's temporary files
     (``.NAME.*.tmp``) and folders (``.tmp-*``, a checkpoint being saved). Returns them."""
-    found = [p for p in Path(folder).rglob(".*") if _PARTIAL.match(p.name)]
+    found = [p for p in Path(folder).rglob(".*") if fileio.is_partial(p.name)]
     for path in sorted(found, key=lambda p: len(p.parts)):  # a folder before what it holds
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -139,26 +138,12 @@ def check_file(path: Path, *, key: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename: a reader never sees half a
-    file, and a failed write (a full disk) leaves neither a half file nor the temporary one.
-
-    The file is created with mode 0666 less the umask, like any file the user's tools write."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """:func:`engine.fileio.atomic_write_text`, a failure told as an :class:`OutputError`
+    naming the file (a full disk leaves neither a half file nor the temporary one)."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            if err.filename is None or str(err.filename) == str(tmp):
-                err.filename = str(path)  # the file the user knows, not our temporary one
-            raise OutputError(f"cannot write {describe(err)}") from None
-        raise
+        fileio.atomic_write_text(path, text)
+    except OSError as err:
+        raise OutputError(f"cannot write {describe(err)}") from None
 
 
 def open_storage(url: str, *, default: Path, out_key: str) -> optuna.storages.BaseStorage:

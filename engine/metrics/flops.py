@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from engine.config import ModelConfig
+from engine.fileio import atomic_write_text
 from engine.model import count_params
+from engine.precision import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ def cpu_peak(threads: int, precision: str) -> float:
 
 
 def _cached_cpu_peak(threads: int, precision: str) -> float:
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = DTYPES[precision]
     key = f"{platform.node()}|{platform.processor() or platform.machine()}|{threads}|{precision}"
     path = _cache_path()
     try:
@@ -167,9 +169,7 @@ def _cached_cpu_peak(threads: int, precision: str) -> float:
     log.info("measured CPU peak %.3g FLOP/s for %s", cache[key], key)
     try:  # a cache that cannot be written costs a measurement next time, never the run
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(cache, indent=1))
     except OSError as err:
         log.warning("could not cache the CPU peak in %s: %s", path, err)
     return float(cache[key])

@@ -21,14 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.units import KIB
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _status_kib(field: str) -> int:
+def status_bytes(field: str) -> int:
+    """A size field of this process's /proc status (``VmRSS``, ``VmHWM``...), in bytes."""
     for line in _STATUS.read_text().splitlines():
         if line.startswith(field + ":"):
-            return int(line.split()[1])
+            return int(line.split()[1]) * KIB
     raise RuntimeError(f"{field} not found in {_STATUS}")
 
 
@@ -56,8 +59,8 @@ class PeakMemory:
                 "alloc_retries": int(stats.get("num_alloc_retries", 0)),
             }
         return {
-            "peak_mem_bytes": _status_kib("VmHWM") * 1024,
-            "rss_bytes": _status_kib("VmRSS") * 1024,
+            "peak_mem_bytes": status_bytes("VmHWM"),
+            "rss_bytes": status_bytes("VmRSS"),
         }
 
 

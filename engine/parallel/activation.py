@@ -31,7 +31,7 @@ _SAVE = {
 }
 
 
-def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+def _save_matmuls_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in _SAVE else CheckpointPolicy.PREFER_RECOMPUTE
 
 
@@ -41,6 +41,6 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
         return
     kw = {"preserve_rng_state": False}
     if mode == "selective":
-        kw["context_fn"] = partial(create_selective_checkpoint_contexts, _policy)
+        kw["context_fn"] = partial(create_selective_checkpoint_contexts, _save_matmuls_policy)
     for layer_id, block in list(model.layers.items()):
         model.layers[layer_id] = checkpoint_wrapper(block, **kw)

@@ -28,15 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine.config import ParallelConfig
 from engine.mesh import Mesh
+from engine.precision import DTYPES
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def _policy(precision: str, reduce_dtype: str) -> MixedPrecisionPolicy:
+def _mixed_precision_policy(precision: str, reduce_dtype: str) -> MixedPrecisionPolicy:
     """Compute in ``precision``; reduce gradients in ``reduce_dtype`` (fp32 by default); the
     sharded master weights and optimizer state stay fp32."""
-    param = _DTYPES[precision] if precision != "fp32" else None
-    return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=_DTYPES[reduce_dtype])
+    param = DTYPES[precision] if precision != "fp32" else None
+    return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=DTYPES[reduce_dtype])
 
 
 def _fsdp(
@@ -70,7 +69,7 @@ def apply_data_parallel(
     one at a time under ZeRO 2/3 (default: a GPT's blocks)."""
     if mesh.dp == 1:
         return module
-    policy = _policy(precision, reduce_dtype)
+    policy = _mixed_precision_policy(precision, reduce_dtype)
     if parallel.zero >= 2:
         return _fsdp(module, mesh, zero=parallel.zero, policy=policy, units=units)
     if mesh.tp > 1 or mesh.pp > 1:

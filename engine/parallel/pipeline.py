@@ -11,21 +11,14 @@ schedules. Micro-batches are the data-parallel rank's share of the global batch,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
-from torch.distributed.pipelining import PipelineStage
-from torch.distributed.pipelining.schedules import (
-    Schedule1F1B,
-    ScheduleDualPipeV,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-    ScheduleInterleavedZeroBubble,
-    ScheduleLoopedBFS,
-    ScheduleZBVZeroBubble,
-)
+from torch.distributed.pipelining import PipelineStage, schedules
 
-from engine.config import PP_SCHEDULES, ModelConfig
+from engine.config import PP_SCHEDULE_CLASSES, PP_SCHEDULES, ModelConfig
 from engine.model import GPT
+from engine.validate import missing_schedule
 
 # where the layers go is plain arithmetic, shared with the planner and the memory model
 from engine.stages import local_stage_ids, split_layers, stage_costs  # noqa: F401
@@ -33,23 +26,31 @@ from engine.stages import local_stage_ids, split_layers, stage_costs  # noqa: F4
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    cls: type
+    cls: type | None  # None: this torch does not have the schedule (see PP_SCHEDULE_SINCE)
     placement: str  # "single" (one stage per rank), "loop" or "v"
 
 
-_CLASSES: dict[str, type] = {
-    "gpipe": ScheduleGPipe,
-    "1f1b": Schedule1F1B,
-    "interleaved_1f1b": ScheduleInterleaved1F1B,
-    "looped_bfs": ScheduleLoopedBFS,
-    "interleaved_zero_bubble": ScheduleInterleavedZeroBubble,
-    "zbv_zero_bubble": ScheduleZBVZeroBubble,
-    "dualpipev": ScheduleDualPipeV,
-}
-# the placements are declared once, torch-free, in engine.config
-SCHEDULES: dict[str, ScheduleSpec] = {
-    name: ScheduleSpec(_CLASSES[name], placement) for name, placement in PP_SCHEDULES.items()
-}
+def schedule_table(module: ModuleType) -> dict[str, ScheduleSpec]:
+    """Each schedule's class, looked up by name in ``module`` (torch's schedules), so that a
+    torch without the newer ones still imports this; placements and names are declared once,
+    torch-free, in engine.config."""
+    return {
+        name: ScheduleSpec(getattr(module, PP_SCHEDULE_CLASSES[name], None), placement)
+        for name, placement in PP_SCHEDULES.items()
+    }
+
+
+SCHEDULES = schedule_table(schedules)
+AVAILABLE = [name for name, spec in SCHEDULES.items() if spec.cls is not None]
+
+
+def schedule_class(schedule: str) -> type:
+    """The torch class of ``schedule``; ConfigError naming the torch release that has it when
+    this torch does not (engine.validate refuses such a config before launch)."""
+    cls = SCHEDULES[schedule].cls
+    if cls is None:
+        raise missing_schedule(schedule, torch.__version__)
+    return cls
 
 
 def stage_module(cfg: ModelConfig, layers: list[int], *, first: bool, last: bool) -> GPT:
@@ -73,6 +74,6 @@ def make_stage(module: GPT, *, stage_id: int, n_stages: int, device, group) -> P
 
 
 def make_schedule(schedule: str, stages: list[PipelineStage], *, n_microbatches: int, loss_fn):
-    spec = SCHEDULES[schedule]
-    arg = stages[0] if spec.placement == "single" else stages
-    return spec.cls(arg, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=True)
+    arg = stages[0] if SCHEDULES[schedule].placement == "single" else stages
+    cls = schedule_class(schedule)
+    return cls(arg, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=True)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -28,6 +29,12 @@ from torch.distributed.tensor.parallel import (
     loss_parallel,
     parallelize_module,
 )
+
+
+def full_tensor_of(t: torch.Tensor) -> torch.Tensor:
+    """The whole value of ``t``: a DTensor's shards gathered (a collective: every rank of its
+    mesh must call this), a plain tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def block_plan(*, sequence_parallel: bool, swiglu: bool) -> dict:

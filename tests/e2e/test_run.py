@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -11,22 +12,18 @@ from tests.helpers import RESULT_KEYS, cli
 pytestmark = pytest.mark.slow
 
 
-def test_run_writes_the_documented_json_and_merges_repeats(tmp_path):
+def _run_tiny_dp2(tmp_path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`tuner run` of the tiny model on 2 data-parallel ranks: its output and result JSON."""
     out = tmp_path / "run.json"
-    proc = cli(
-        "run",
-        "model=tiny",
-        "parallel.dp=2",
-        "train.micro_batch=4",
-        "train.global_batch=8",
-        "train.steps=6",
-        "measure.repeats=2",
-        f"run.out={out}",
-        cwd=tmp_path,
-    )
+    base = ["model=tiny", "parallel.dp=2", "train.micro_batch=4", "train.global_batch=8"]
+    proc = cli("run", *base, *overrides, f"run.out={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(out.read_text())
+
+
+def test_run_writes_the_documented_json_and_merges_repeats(tmp_path):
+    proc, r = _run_tiny_dp2(tmp_path, "train.steps=6", "measure.repeats=2")
     assert "tokens/s" in proc.stdout and "in 2 runs" in proc.stdout
-    r = json.loads(out.read_text())
     for key in RESULT_KEYS:
         assert key in r, key
     assert r["repeats"] == 2 and len(r["tokens_per_s_repeats"]) == 2
@@ -51,20 +48,7 @@ def test_run_writes_the_documented_json_and_merges_repeats(tmp_path):
 
 
 def test_unmeasured_figures_are_null_with_a_reason_not_zero(tmp_path):
-    out = tmp_path / "run.json"
-    proc = cli(
-        "run",
-        "model=tiny",
-        "parallel.dp=2",
-        "train.micro_batch=4",
-        "train.global_batch=8",
-        "train.steps=4",
-        "measure.profile_steps=0",
-        f"run.out={out}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    r = json.loads(out.read_text())
+    proc, r = _run_tiny_dp2(tmp_path, "train.steps=4", "measure.profile_steps=0")
     for key in ("comm_count", "comm_bytes", "comm_time_s", "comm", "comm_exposed_s"):
         assert r[key] is None, key
         assert "measure.profile_steps=0" in r["not_measured"][key]

@@ -11,31 +11,24 @@ import torch
 
 from engine.config import ModelConfig, RunConfig
 from engine.mesh import Mesh
+from engine.metrics.memory import status_bytes
 from engine.metrics.memory_model import host_build_bytes, predict
 from engine.model import GPT, count_params
 from engine.parallelize import build_model, build_parts
+from engine.units import GIB
 from tests.engine.presets import preset
 from tests.helpers import tiny_config
-
-GIB = 2**30
-
-
-def _host_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(field)
 
 
 def _reset_peak() -> int:
     """Reset the process's resident high-water mark; return the resident bytes now."""
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
-    return _host_kib("VmRSS") * 1024
+    return status_bytes("VmRSS")
 
 
 def _peak_rise(before: int) -> int:
-    return _host_kib("VmHWM") * 1024 - before
+    return status_bytes("VmHWM") - before
 
 
 def _pipeline(model: ModelConfig, pp: int) -> RunConfig:

@@ -99,22 +99,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, uninterr
     assert f"checkpoint {newest} is damaged: {data.name}" in logs and "truncated" in logs
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A 2-rank zero-3 checkpoint at step 4, and the run's final weights."""
-    tmp = tmp_path_factory.mktemp("saved")
-    cfg = tiny_config(
-        parallel={"dp": 2, "zero": 3},
-        train={**BASE, "steps": 4, "micro_batch": 4},
-        checkpoint={"dir": str(tmp / "ckpt"), "every": 4},
-        debug={"dump_params": str(tmp / "params.pt")},
-    )
-    run_engine(cfg, tmp / "run")
-    return tmp / "ckpt", torch.load(tmp / "params.pt")
-
-
-def test_export_is_plain_pytorch(tmp_path, saved):
-    ckpt, params = saved
+def test_export_is_plain_pytorch(tmp_path, zero3_checkpoint):
+    ckpt, params = zero3_checkpoint
     out, step = export(ckpt, tmp_path / "model.pt")
     assert step == 4
     model = GPT(ModelConfig(**json.loads(out.with_name("model.pt.json").read_text())))
@@ -140,8 +126,8 @@ def _resume_error(tmp_path, ckpt, **model) -> str:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "unpickle"])
-def test_damaged_checkpoints_are_refused(tmp_path, saved, damage):
-    ckpt = _copy(saved[0], tmp_path / "ckpt")
+def test_damaged_checkpoints_are_refused(tmp_path, zero3_checkpoint, damage):
+    ckpt = _copy(zero3_checkpoint[0], tmp_path / "ckpt")
     folder = complete_checkpoints(ckpt)[-1][1]
     data = next(folder.glob("*.distcp"))
     if damage == "truncate":
@@ -165,8 +151,8 @@ def test_damaged_checkpoints_are_refused(tmp_path, saved, damage):
     assert expected in logs, logs[-2000:]
 
 
-def test_other_model_shape_and_incomplete_checkpoints_are_refused(tmp_path, saved):
-    ckpt = _copy(saved[0], tmp_path / "ckpt")
+def test_other_model_shape_and_incomplete_checkpoints_are_refused(tmp_path, zero3_checkpoint):
+    ckpt = _copy(zero3_checkpoint[0], tmp_path / "ckpt")
     logs = _resume_error(tmp_path, ckpt, d_model=64, n_heads=4, d_ff=256)
     assert "another model shape" in logs and "model.d_model: 128" in logs
     # a save that never finished (no manifest) does not count as a checkpoint

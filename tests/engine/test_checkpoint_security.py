@@ -13,6 +13,7 @@ import json
 import pickle
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from engine.checkpoint_verify import (
     read_manifest,
 )
 from engine.export import export
-from tests.helpers import cli, launch_engine, run_engine, tiny_config
+from tests.helpers import cli, launch_engine, tiny_config
 
 BASE = {"global_batch": 8, "warmup_steps": 1}
 _MD = "torch.distributed.checkpoint.metadata"
@@ -132,17 +133,10 @@ def test_metadata_must_be_dcp_metadata():
         _unpickle(b"\x80\x04not a pickle")
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A 2-rank zero-3 checkpoint at step 4."""
-    tmp = tmp_path_factory.mktemp("saved")
-    cfg = tiny_config(
-        parallel={"dp": 2, "zero": 3},
-        train={**BASE, "steps": 4, "micro_batch": 4},
-        checkpoint={"dir": str(tmp / "ckpt"), "every": 4},
-    )
-    run_engine(cfg, tmp / "run")
-    return tmp / "ckpt"
+@pytest.fixture
+def saved(zero3_checkpoint) -> Path:
+    """The folder of the shared 2-rank zero-3 checkpoint (see conftest.py)."""
+    return zero3_checkpoint[0]
 
 
 @pytest.mark.slow

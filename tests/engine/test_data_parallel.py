@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.units import MIB
 from tests.helpers import RESULT_KEYS, run_engine, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -51,4 +52,4 @@ def test_result_has_the_documented_metrics(reference):
     tokens = 8 * reference["config"]["model"]["seq_len"]
     assert reference["tokens_per_s"] == pytest.approx(tokens / reference["step_time_s"], rel=0.05)
     assert 0 < reference["mfu"] < 1
-    assert reference["peak_mem_bytes"] > 50 * 2**20  # a live torch process: tens of MiB at least
+    assert reference["peak_mem_bytes"] > 50 * MIB  # a live torch process: tens of MiB at least

@@ -18,7 +18,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.model import GPT
-from engine.parallel.pipeline import SCHEDULES
+from engine.parallel.pipeline import AVAILABLE
 from tests.helpers import run_engine, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ LAYOUTS = {
     "tp2-sp": ({"tp": 2, "sp": True}, {}),
     **{
         f"pp2-{s}": (_pp(s), {})
-        for s in SCHEDULES  # every schedule the engine offers
+        for s in AVAILABLE  # every schedule the engine offers with this torch
     },
     "dp2-tp2": ({"dp": 2, "tp": 2}, {}),
     "dp2-pp2": ({"dp": 2, "pp": 2}, {"micro_batch": 1}),

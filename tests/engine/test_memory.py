@@ -3,8 +3,7 @@ from __future__ import annotations
 import torch
 
 from engine.metrics.memory import PeakMemory
-
-MIB = 1024 * 1024
+from engine.units import MIB
 
 
 def test_cpu_peak_sees_a_known_allocation_and_resets():

@@ -5,29 +5,11 @@ import torch
 
 from engine.config import ModelConfig
 from engine.model import GPT, count_params, initial_value
+from tests.engine.presets import preset
 
-GPT2_SMALL = ModelConfig(
-    name="gpt2-small",
-    n_layers=12,
-    n_heads=12,
-    d_model=768,
-    d_ff=3072,
-    vocab_size=50257,
-    seq_len=1024,
-)
-LLAMA_7B = ModelConfig(
-    name="llama-7b",
-    n_layers=32,
-    n_heads=32,
-    d_model=4096,
-    d_ff=11008,
-    vocab_size=32000,
-    seq_len=2048,
-    mlp="swiglu",
-    norm="rmsnorm",
-    position="rope",
-    bias=False,
-)
+# the presets users run (conf/model), so the published counts below also check their shapes
+GPT2_SMALL = preset("gpt2-small")
+LLAMA_7B = preset("llama-7b")
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import importlib
+from types import SimpleNamespace
+
 import pytest
 
-from engine.config import ConfigError, RunConfig
-from engine.parallel.pipeline import SCHEDULES
-from engine.validate import validate
+from engine.config import PP_SCHEDULE_CLASSES, ConfigError, RunConfig
+from engine.parallel import pipeline
+from engine.parallel.pipeline import AVAILABLE
+from engine.validate import installed_torch, schedules_in_torch, validate
 from tests.helpers import tiny_config
+
+# the module, not engine's `validate` function of the same name
+validate_mod = importlib.import_module("engine.validate")
 
 
 def test_defaults_are_valid():
@@ -102,7 +109,7 @@ def test_dp_zero_is_derived_from_the_world_size():
             "pp_schedule": s,
             "pp_virtual_stages": 2 if s.startswith(("interleaved", "looped")) else 1,
         }
-        for s in SCHEDULES  # every schedule the engine offers
+        for s in AVAILABLE  # every schedule the engine offers with this torch
     ]
     + [{"dp": 2, "tp": 2, "zero": 3}, {"dp": 2, "pp": 2}, {"tp": 2, "pp": 2}],
 )
@@ -113,3 +120,39 @@ def test_every_supported_layout_validates_on_tiny(parallel):
 def test_json_round_trip():
     cfg = tiny_config(parallel={"dp": 2}, train={"precision": "bf16"})
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _pp2(schedule: str) -> RunConfig:
+    return tiny_config(parallel={"pp": 2, "pp_schedule": schedule}, train={"micro_batch": 1})
+
+
+def test_a_schedule_newer_than_the_installed_torch_is_refused_before_launch(monkeypatch):
+    monkeypatch.setattr(validate_mod, "installed_torch", lambda: "2.8.0+cu128")
+    with pytest.raises(ConfigError) as err:
+        validate(_pp2("dualpipev"))
+    for word in ("pp_schedule=dualpipev", "torch >= 2.9", "ScheduleDualPipeV", "2.8.0+cu128"):
+        assert word in str(err.value), str(err.value)
+    assert "dualpipev" not in str(err.value).partition("valid here:")[2]
+    validate(_pp2("zbv_zero_bubble"))  # 2.6 has it
+    validate(tiny_config(parallel={"pp_schedule": "dualpipev"}))  # pp=1 runs no schedule
+
+
+def test_a_schedule_class_missing_from_torch_is_refused_by_name(monkeypatch):
+    from torch.distributed.pipelining import schedules
+
+    # a torch.distributed.pipelining.schedules without ScheduleDualPipeV, as before 2.9
+    older = SimpleNamespace(
+        **{
+            n: getattr(schedules, n)
+            for n in PP_SCHEDULE_CLASSES.values()
+            if n != "ScheduleDualPipeV"
+        }
+    )
+    monkeypatch.setattr(pipeline, "SCHEDULES", pipeline.schedule_table(older))
+    assert pipeline.SCHEDULES["zbv_zero_bubble"].cls is schedules.ScheduleZBVZeroBubble
+    with pytest.raises(ConfigError, match=r"dualpipev needs torch >= 2\.9"):
+        pipeline.make_schedule("dualpipev", [], n_microbatches=2, loss_fn=None)
+
+
+def test_the_torch_release_table_matches_the_installed_torch():
+    assert schedules_in_torch(installed_torch()) == AVAILABLE

@@ -4,7 +4,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.tuner.report_helpers import BASE, GIB, OOM_DETAIL, _add, _p
+from engine.units import GIB, MIB
+from tests.tuner.report_helpers import BASE, OOM_DETAIL, _add, _p
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def study() -> optuna.Study:
         tokens_per_s_min=1700.0,
         tokens_per_s_max=1850.0,
         step_time_s=0.25,
-        comm_bytes=3 * 2**20,
+        comm_bytes=3 * MIB,
         comm_time_s=0.004,
         comm_count=12,
         mfu=0.375,

@@ -8,7 +8,6 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-GIB = 2**30
 BASE = ["model=tiny", "train.global_batch=8", "train.steps=6"]
 DISTS = {
     "parallel.dp": IntDistribution(1, 4),

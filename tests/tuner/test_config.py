@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from engine.config import ConfigError
+from engine.config import ConfigError, RunConfig
 from engine.validate import validate
-from tuner.config import CONF_DIR, check_sampler, load
+from tuner.config import CONF_DIR, RUN_SECTIONS, TunerConfig, check_sampler, load
 
 
 def test_defaults_compose_into_a_valid_run():
@@ -59,3 +61,13 @@ def test_sampler_arguments_are_checked_by_creating_the_sampler():
         check_sampler(load(["+sampler.bogus=1"]))
     assert "\n" not in str(err.value) and "bogus" in str(err.value)
     check_sampler(load(["sampler=nsga2"]))
+
+
+def test_run_sections_and_their_defaults_come_from_the_engine():
+    assert set(RUN_SECTIONS) == {f.name for f in dataclasses.fields(RunConfig)} - {"out"}
+    schema = TunerConfig()
+    assert all(getattr(schema, name) == getattr(RunConfig(), name) for name in RUN_SECTIONS)
+    # conf/config.yaml and the tiny preset change only the step count of the engine's defaults
+    composed = load([]).run
+    steps = dataclasses.replace(composed.train, steps=RunConfig().train.steps)
+    assert dataclasses.replace(composed, train=steps) == RunConfig()

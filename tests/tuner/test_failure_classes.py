@@ -31,9 +31,11 @@ if mode == "say-oom":
     print("warning: out of memory in the page cache, retrying with a smaller buffer")
 if mode == "limit-memory":
     # the address space the rank has after its imports, and 1 GiB more
-    with open("/proc/self/status") as status:
-        vm = int(next(ln.split()[1] for ln in status if ln.startswith("VmSize:"))) * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, vm + 2**30))
+    from engine.metrics.memory import status_bytes
+    from engine.units import GIB
+
+    vm = status_bytes("VmSize")
+    resource.setrlimit(resource.RLIMIT_AS, (vm + GIB, vm + GIB))
 cfg = RunConfig.from_json_file(config)
 code = main_rank(cfg)
 sys.stdout.flush()

@@ -20,7 +20,8 @@ from engine.validate import validate
 from engine.validate_values import RUN_RULES, flatten
 from tests.helpers import cli
 from tuner import space as space_mod
-from tuner.config import TUNER_RULES, TunerConfig, check_sampler, load
+from tuner.config import TUNER_RULES, check_sampler, load, run_keys
+from tuner.schema import TUNER_SECTIONS, schema_keys
 
 VALUES = {
     "wrong type": ["abc", "[1,2]", "{a: 1}", "true", "null", "[]", "'1.5'"],
@@ -41,17 +42,17 @@ VALUES = {
 SAMPLER_KEYS = ["sampler.seed", "sampler.n_startup_trials"]
 
 
-def schema_keys() -> list[str]:
+def override_keys() -> list[str]:
     """Every dotted key a user can override, from the typed schema."""
-    keys = [k for k in flatten(RunConfig()) if k != "out"]  # `out` is set by the launcher
-    for section in ("sweep", "launcher", "run", "export"):
-        keys += [f"{section}.{f.name}" for f in dataclasses.fields(getattr(TunerConfig(), section))]
+    keys = list(run_keys())
+    for section in TUNER_SECTIONS:  # the free-form ones (space, sampler) have no keys here
+        keys += [f"{section}.{k}" for k in schema_keys(section)]
     return keys + SAMPLER_KEYS
 
 
 def cases(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
-    pool = [(k, kind, v) for k in schema_keys() for kind, vs in VALUES.items() for v in vs]
+    pool = [(k, kind, v) for k in override_keys() for kind, vs in VALUES.items() for v in vs]
     return rng.sample(pool, n)
 
 
@@ -80,8 +81,8 @@ def _floats(obj: Any) -> list[float]:
 
 def test_every_key_has_a_rule():
     assert set(RUN_RULES) == set(flatten(RunConfig()))
-    tuner_keys = {k for k in schema_keys() if k.split(".")[0] in ("sweep", "launcher", "run")}
-    tuner_keys |= {k for k in schema_keys() if k.startswith("export.")}
+    tuner_keys = {k for k in override_keys() if k.split(".")[0] in TUNER_SECTIONS}
+    tuner_keys -= set(SAMPLER_KEYS)
     assert tuner_keys - set(TUNER_RULES) == {"sweep.objectives"}  # checked by name
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from optuna.trial import create_trial
 
-from tests.tuner.report_helpers import BASE, DISTS, GIB, OOM_DETAIL
+from engine.units import GIB
+from tests.tuner.report_helpers import BASE, DISTS, OOM_DETAIL
 from tuner.report import (
     METRIC_COLUMNS,
     NOTE_COLUMNS,

@@ -9,7 +9,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tests.tuner.report_helpers import BASE, GIB, _add, _p
+from engine.units import GIB, MIB
+from tests.tuner.report_helpers import BASE, _add, _p
 from tuner.report import (
     best_trial,
     collective_table,
@@ -42,7 +43,7 @@ def test_best_trial_communication_table_and_caveats(tmp_path: Path) -> None:
     comm = {
         "all_reduce": {
             "count": 1.0,
-            "bytes": 2.0 * 2**20,
+            "bytes": 2.0 * MIB,
             "time_s": 0.004,
             "exposed_s": 0.003,
             "algbw_gbps": 0.52,

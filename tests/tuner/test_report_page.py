@@ -14,7 +14,8 @@ import plotly.offline
 import pytest
 from optuna.trial import TrialState
 
-from tests.tuner.report_helpers import BASE, GIB, OOM_DETAIL, _add
+from engine.units import GIB
+from tests.tuner.report_helpers import BASE, OOM_DETAIL, _add
 from tuner.report import (
     best_trial,
     param_columns,

@@ -1,0 +1,98 @@
+"""Checks of the tuner's own sections (sweep, launcher, run, export, sampler), value by value.
+
+The run sections are checked by the engine (engine.validate); these rules cover the rest, so
+that a bad value stops a command before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from engine.config import ConfigError
+from engine.validate_values import SEED_MAX, Rule, check, check_all, shown
+from tuner.hydra_errors import one_line
+from tuner.schema import OBJECTIVES
+
+if TYPE_CHECKING:
+    from tuner.config import Loaded
+
+_NAME = Rule(
+    "str",
+    pattern=r"(?!\.)[\w.+-]{1,100}",
+    what="a plain folder name: 1 to 100 letters, digits or '._+-', not starting with '.'",
+)
+_PATH = Rule("str", pattern=r".+", what="a non-empty path without control characters")
+# Every field of the tuner's own sections (a test checks none is missing).
+TUNER_RULES: dict[str, Rule] = {
+    "sweep.name": _NAME,
+    "sweep.n_trials": Rule("int", 1),
+    "sweep.storage": Rule("str"),
+    "sweep.out_dir": _PATH,
+    "sweep.seed": Rule("int", 0, SEED_MAX),
+    "sweep.allow_other_machine": Rule("bool"),
+    "launcher.timeout_s": Rule("float", 0, 10**7, low_open=True),
+    "launcher.max_ranks": Rule("int", 1, 2**20),
+    "run.out": Rule("str"),
+    "export.out": _PATH,
+}
+# keyword arguments of Optuna's samplers that take counts or seeds; the sampler classes
+# check little themselves (a seed of -1 fails only at the first trial)
+SAMPLER_RULES: dict[str, Rule] = {
+    "seed": Rule("int", 0, SEED_MAX),
+    "n_startup_trials": Rule("int", 0, 10**6),
+    "n_ei_candidates": Rule("int", 1, 10**6),
+    "population_size": Rule("int", 2, 10**6),
+    "mutation_prob": Rule("float", 0, 1),
+    "crossover_prob": Rule("float", 0, 1),
+    "swapping_prob": Rule("float", 0, 1),
+}
+
+
+def check_tuner_sections(cfg: Loaded) -> None:
+    s = cfg.sweep
+    values = {
+        f"{section}.{f.name}": getattr(obj, f.name)
+        for section, obj in (
+            ("sweep", s),
+            ("launcher", cfg.launcher),
+            ("run", cfg.run_options),
+            ("export", cfg.export),
+        )
+        for f in dataclasses.fields(obj)
+    }
+    check_all({k: v for k, v in values.items() if k in TUNER_RULES}, TUNER_RULES)
+    bad = [o for o in s.objectives if o not in OBJECTIVES]
+    if bad or not s.objectives or len(set(s.objectives)) != len(s.objectives):
+        raise ConfigError(
+            f"`sweep.objectives` must be distinct names from {list(OBJECTIVES)}, but got "
+            f"sweep.objectives={shown(s.objectives)}."
+        )
+    if "_target_" not in cfg.sampler:
+        raise ConfigError(
+            "`sampler` needs a `_target_`; choose one with sampler=tpe|random|bruteforce|nsga2."
+        )
+    for key, rule in SAMPLER_RULES.items():
+        if cfg.sampler.get(key) is not None:
+            check(f"sampler.{key}", cfg.sampler[key], rule)
+
+
+def check_sampler(cfg: Loaded) -> None:
+    """Create the sampler once, so that a bad argument stops the sweep before any launch.
+
+    Imports Optuna, so it runs for `sweep` only, not on every command.
+    """
+    import optuna
+    from hydra.utils import instantiate
+
+    try:
+        sampler = instantiate(cfg.sampler)
+    except Exception as err:  # any error of the user's sampler spec, reported in one line
+        raise ConfigError(
+            f"`sampler` could not be created from {shown(cfg.sampler)}: {one_line(err)}"
+        ) from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise ConfigError(
+            f"`sampler._target_` must name an Optuna sampler, but got "
+            f"sampler._target_={shown(cfg.sampler['_target_'])}."
+        )

@@ -1,0 +1,138 @@
+"""The tuner's typed schema: the engine's run sections, as engine.config declares them, plus the
+tuner's own (sweep, launcher, run, export, space, sampler).
+
+The run sections are not written again here: ``TunerConfig`` takes its fields, types and
+defaults from ``engine.config.RunConfig``, so a key added to the engine is a key of the tuner.
+Hydra checks every composed key and type against this schema (registered as "schema").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from engine.config import RunConfig
+from engine.validate_values import flatten
+
+# RunConfig fields the launcher sets, not the user: where rank 0 writes its result
+LAUNCHER_SET = ("out",)
+# run sections: the part of the composed config that becomes the engine's RunConfig
+RUN_SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in LAUNCHER_SET)
+OBJECTIVES = {  # metric -> direction
+    "tokens_per_s": "maximize",
+    "mfu": "maximize",
+    "step_time_s": "minimize",
+    "peak_mem_bytes": "minimize",
+    "comm_bytes": "minimize",
+    "comm_time_s": "minimize",
+}
+# objectives read from the profiled steps: without them they are not measured (null), and a
+# sweep optimising them would optimise nothing
+PROFILED_OBJECTIVES = ("comm_bytes", "comm_time_s")
+
+
+@dataclass
+class SweepConfig:
+    name: str = "default"  # folder under out_dir and Optuna study name; same name = resume
+    n_trials: int = 10  # distinct configurations to measure (repeats of one are not re-run)
+    objectives: list[str] = field(default_factory=lambda: ["tokens_per_s"])
+    storage: str = ""  # Optuna storage URL; "" = sqlite file in the sweep's folder
+    out_dir: str = "reports"
+    seed: int = 0  # sampler seed
+    # resume (or share) the study on a machine other than the one it was measured on
+    allow_other_machine: bool = False
+
+
+@dataclass
+class LauncherConfig:
+    timeout_s: float = 300.0  # wall-clock limit of one trial, start-up included
+    max_ranks: int = 8  # most ranks started on this machine (CUDA: also at most one per GPU)
+
+
+@dataclass
+class RunOptions:
+    out: str = ""  # `tuner run`: also write the run's metrics JSON here
+
+
+@dataclass
+class ExportOptions:
+    out: str = "model.pt"  # `tuner export`: the consolidated weights file
+
+
+@dataclass
+class _TunerSections:
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    run: RunOptions = field(default_factory=RunOptions)
+    export: ExportOptions = field(default_factory=ExportOptions)
+    space: dict[str, Any] = field(default_factory=dict)  # checked by tuner.space
+    sampler: dict[str, Any] = field(default_factory=dict)  # a `_target_` sampler spec
+
+
+# the tuner's own sections: the keys of the schema that are not run sections
+TUNER_SECTIONS = tuple(f.name for f in dataclasses.fields(_TunerSections))
+
+
+def _copied_fields(cls: type, names: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """``cls``'s fields ``names`` as make_dataclass specs: the same type (resolved, so Hydra
+    can read it) and the same default."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return [
+        (
+            name,
+            hints[name],
+            field(default=fields[name].default, default_factory=fields[name].default_factory),
+        )
+        for name in names
+    ]
+
+
+TunerConfig = dataclasses.make_dataclass(
+    "TunerConfig",
+    _copied_fields(RunConfig, RUN_SECTIONS) + _copied_fields(_TunerSections, TUNER_SECTIONS),
+)
+TunerConfig.__module__ = __name__
+TunerConfig.__doc__ = "Everything a tuner command reads: RunConfig's sections and the tuner's."
+ConfigStore.instance().store(name="schema", node=TunerConfig)
+
+
+def schema_node(path: str) -> Any:
+    """The schema's default at dotted ``path`` ("" = the whole config; None where no such key)."""
+    node: Any = TunerConfig()
+    for part in [p for p in path.split(".") if p]:
+        if not dataclasses.is_dataclass(node):
+            return None
+        node = getattr(node, part, None)
+    return node
+
+
+def schema_keys(path: str) -> list[str]:
+    """Keys of the schema section at dotted ``path`` ("" = top level); [] for a free-form one."""
+    node = schema_node(path)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def run_keys() -> dict[str, type]:
+    """Every dotted key of a RunConfig a user sets, and its value's type (``"train.lr": float``)."""
+    return {
+        key: type(value)
+        for key, value in flatten(RunConfig()).items()
+        if key.split(".")[0] in RUN_SECTIONS
+    }
+
+
+def replace_keys(run: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A copy of ``run`` with dotted keys (e.g. ``{"parallel.dp": 2}``) replaced."""
+    data = run.to_dict()
+    for key, value in values.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return RunConfig.from_dict(data)
