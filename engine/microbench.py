@@ -18,8 +18,7 @@ import torch
 import torch.distributed as dist
 
 from engine.config import ParallelConfig, RunConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # TODO merge: engine.precision.DTYPES
+from engine.precision import DTYPES
 
 MATMUL_SIZES = (64, 128, 256, 512, 1024)
 MESSAGE_BYTES = (4, 4096, 65536, 1 << 20, 8 << 20)
