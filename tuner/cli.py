@@ -23,19 +23,22 @@ from tuner.config import CONF_DIR, Loaded, check_sampler, load
 from tuner.summary import format_run
 
 EXIT_USAGE = 2
-COMMANDS = ("sweep", "run", "report", "export")
+COMMANDS = ("sweep", "run", "report", "export", "plan", "calibrate")
 
-USAGE = """usage: python -m tuner {sweep,run,report,export} [KEY=VALUE ...] [--cfg job] [--help]
+USAGE = """usage: python -m tuner COMMAND [KEY=VALUE ...] [--cfg job] [--help]
 
   sweep    search the space (space=, sampler=) with Optuna; writes reports/<sweep.name>/
   run      run one configuration and print its measurements (run.out=PATH saves the JSON)
   report   rebuild reports/<sweep.name>/report.html and trials.csv from the sweep's study
   export   consolidate the newest checkpoint in checkpoint.dir into export.out (plain torch)
+  plan     rank every layout of the model on cluster= by the performance model (no launch)
+  calibrate  measure this machine for cluster=local (matmuls, memory, collectives)
 
 Overrides use Hydra syntax, e.g.:
   python -m tuner sweep model=tiny sweep.name=first sweep.n_trials=6
   python -m tuner run parallel.dp=2 train.micro_batch=4 train.precision=bf16
   python -m tuner sweep 'space.train.micro_batch=[2,4]' sampler=random
+  python -m tuner plan model=llama-7b cluster=h100-sxm cluster.nodes=16 train.global_batch=1024
 """
 
 
@@ -116,6 +119,18 @@ def _cmd_export(cfg: Loaded) -> int:
     return 0
 
 
+def _cmd_plan(cfg: Loaded) -> int:
+    from tuner.planner.command import cmd_plan
+
+    return cmd_plan(cfg)
+
+
+def _cmd_calibrate(cfg: Loaded) -> int:
+    from tuner.planner.command import cmd_calibrate
+
+    return cmd_calibrate(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -144,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             "run": _cmd_run,
             "report": _cmd_report,
             "export": _cmd_export,
+            "plan": _cmd_plan,
+            "calibrate": _cmd_calibrate,
         }
         return commands[command](cfg)
     except ConfigError as err:

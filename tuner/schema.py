@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from engine.config import RunConfig
+from engine.config import AC_MODES, PP_SCHEDULES, ZERO_STAGES, RunConfig
 from engine.validate_values import flatten
 
 # RunConfig fields the launcher sets, not the user: where rank 0 writes its result
@@ -64,6 +64,29 @@ class ExportOptions:
 
 
 @dataclass
+class PlanOptions:
+    """`tuner plan`: which layouts to enumerate for `cluster`, and what to write."""
+
+    world_size: int = 0  # devices to plan for; 0 = the cluster's (nodes x gpus_per_node)
+    top_k: int = 10  # layouts printed, best first
+    out: str = ""  # also write every enumerated layout here (JSON list, best first)
+    html: str = ""  # the page; "" = <sweep.out_dir>/plans/<model>-<cluster>-<world>.html
+    calibrate_from: list[str] = field(default_factory=list)  # sweeps whose trials fit the model
+    zero: list[int] = field(default_factory=lambda: list(ZERO_STAGES))
+    sp: list[bool] = field(default_factory=lambda: [False, True])
+    pp_schedule: list[str] = field(default_factory=lambda: list(PP_SCHEDULES))
+    pp_virtual_stages: list[int] = field(default_factory=lambda: [2, 4])
+    micro_batch: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    activation_checkpointing: list[str] = field(default_factory=lambda: list(AC_MODES))
+    precision: list[str] = field(default_factory=lambda: ["bf16"])
+
+
+@dataclass
+class CalibrateOptions:
+    world_sizes: list[int] = field(default_factory=lambda: [2])  # ranks to measure with
+
+
+@dataclass
 class _TunerSections:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
@@ -71,6 +94,9 @@ class _TunerSections:
     export: ExportOptions = field(default_factory=ExportOptions)
     space: dict[str, Any] = field(default_factory=dict)  # checked by tuner.space
     sampler: dict[str, Any] = field(default_factory=dict)  # a `_target_` sampler spec
+    cluster: dict[str, Any] = field(default_factory=dict)  # checked by tuner.perf.cluster
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    calibrate: CalibrateOptions = field(default_factory=CalibrateOptions)
 
 
 # the tuner's own sections: the keys of the schema that are not run sections

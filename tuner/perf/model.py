@@ -42,6 +42,22 @@ GPU_PRIOR: dict[str, float] = {
 }
 
 
+# priors for CPU ranks over gloo (the `local` cluster, measured rates): matmuls near the
+# measured peak, per-layer interpreter overhead in the 100s of microseconds, collectives that
+# run beside compute only as far as gloo's worker threads allow
+CPU_PRIOR: dict[str, float] = {
+    **GPU_PRIOR,
+    "matmul": 1.3,
+    "matmul_small": 1.3 * 32,
+    "calls": 300e-6,
+    "comm_dp0": 0.8,
+    "comm_dp1": 0.9,
+    "comm_dp2": 0.9,
+    "comm_dp3": 0.9,
+    "step": 2e-3,
+}
+
+
 @dataclass(frozen=True)
 class Coefficients:
     values: dict[str, float] = field(default_factory=lambda: dict(GPU_PRIOR))
@@ -50,6 +66,12 @@ class Coefficients:
     def __post_init__(self) -> None:
         missing = set(FEATURES) - set(self.values)
         assert not missing, f"coefficients lack {sorted(missing)}"
+
+
+def prior_for(cluster: Cluster) -> Coefficients:
+    if cluster.backend == "gloo":
+        return Coefficients(dict(CPU_PRIOR), "prior (CPU ranks, gloo)")
+    return Coefficients(dict(GPU_PRIOR), "prior (GPU, datasheet rates)")
 
 
 @dataclass(frozen=True)

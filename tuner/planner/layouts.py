@@ -11,22 +11,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from engine.config import AC_MODES, PP_SCHEDULES, ZERO_STAGES, RunConfig
-
-
-@dataclass(frozen=True)
-class PlanSpace:
-    """The choices the planner combines (degrees: every divisor of the device count)."""
-
-    zero: tuple[int, ...] = ZERO_STAGES
-    sp: tuple[bool, ...] = (False, True)
-    pp_schedule: tuple[str, ...] = tuple(PP_SCHEDULES)
-    pp_virtual_stages: tuple[int, ...] = (2, 4)  # for the looped schedules
-    micro_batch: tuple[int, ...] = (1, 2, 4, 8)
-    activation_checkpointing: tuple[str, ...] = AC_MODES
-    precision: tuple[str, ...] = ("bf16",)
+from engine.config import PP_SCHEDULES, RunConfig
+from tuner.schema import PlanOptions
 
 
 def _divisors(n: int) -> list[int]:
@@ -34,7 +21,7 @@ def _divisors(n: int) -> list[int]:
     return sorted({*small, *(n // d for d in small)})
 
 
-def _schedules(space: PlanSpace, pp: int) -> Iterator[tuple[str, int]]:
+def _schedules(space: PlanOptions, pp: int) -> Iterator[tuple[str, int]]:
     if pp == 1:
         yield "1f1b", 1
         return
@@ -46,7 +33,7 @@ def _schedules(space: PlanSpace, pp: int) -> Iterator[tuple[str, int]]:
             yield name, 1
 
 
-def layouts(base: RunConfig, world_size: int, space: PlanSpace) -> Iterator[RunConfig]:
+def layouts(base: RunConfig, world_size: int, space: PlanOptions) -> Iterator[RunConfig]:
     """Every combination, valid or not (the planner says why one cannot run)."""
     for tp in _divisors(world_size):
         for pp in _divisors(world_size // tp):
