@@ -78,7 +78,7 @@ def test_fit_recovers_coefficients_that_generated_the_steps():
         if not (zero == 1 and (tp > 1 or pp > 1))
     ]
     measured = [(cfg, sum(true[k] * v for k, v in features(cfg, c).items())) for cfg in layouts]
-    result = fit(measured, c, prior=Coefficients(), prior_weight=1e-4)
+    result = fit(measured, lambda _: c, prior=Coefficients(), prior_weight=1e-4)
     assert result.mape < 1e-3
     for cfg, seconds in measured:
         assert predict(cfg, c, result.coeffs).step_time_s == pytest.approx(seconds, rel=1e-2)

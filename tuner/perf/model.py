@@ -15,6 +15,7 @@ arbitrary one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,14 +102,15 @@ class Fit:
 
 def fit(
     measured: list[tuple[RunConfig, float]],
-    cluster: Cluster,
+    cluster_of: Callable[[RunConfig], Cluster],
     *,
     prior: Coefficients,
     prior_weight: float = 0.05,
     source: str = "fit",
 ) -> Fit:
-    """Coefficients that best explain ``measured`` (config, step seconds) on ``cluster``."""
-    rows = np.array([[features(c, cluster)[k] for k in FEATURES] for c, _ in measured])
+    """Coefficients that best explain ``measured`` (config, step seconds), each config on the
+    cluster it was measured on (``cluster_of``)."""
+    rows = np.array([[features(c, cluster_of(c))[k] for k in FEATURES] for c, _ in measured])
     times = np.array([s for _, s in measured])
     theta0 = np.array([prior.values[k] for k in FEATURES])
     a = rows / times[:, None]  # relative residual: (x·θ - t) / t
@@ -119,7 +121,8 @@ def fit(
     a_full = np.vstack([a, reg])
     b_full = np.concatenate([b, reg @ theta0])
     theta, *_ = np.linalg.lstsq(a_full, b_full, rcond=None)
-    theta = np.maximum(theta, 0.05 * theta0)  # no part runs faster than 20x its datasheet rate
+    # a part is never free: each coefficient keeps at least a twentieth of its prior
+    theta = np.maximum(theta, 0.05 * theta0)
     residuals = (rows @ theta - times) / times
     values = dict(zip(FEATURES, (float(v) for v in theta), strict=True))
     return Fit(Coefficients(values, source), [float(r) for r in residuals])

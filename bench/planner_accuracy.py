@@ -1,0 +1,180 @@
+"""How well does the step-time model predict layouts it was not fitted to?
+
+Measures this machine (`tuner calibrate` at 2 and 4 ranks), sweeps the `layouts` space at
+world size 2 (the calibration set) and at world size 4 (held out: other degrees, other
+micro-batch counts, twice the ranks), fits the model to the first and predicts the second.
+Reports, on the held-out trials: Spearman rank correlation of predicted and measured
+throughput, step-time MAPE, whether the predicted best is the measured best, and the measured
+throughput of the predicted best relative to the measured best; and the memory model's error
+on every trial. The held-out errors by kind of layout become the error bands `tuner plan`
+prints for this machine (bench/results/planner_accuracy.json).
+
+    python bench/planner_accuracy.py --cal-trials 24 --test-trials 24
+
+Run it alone: anything else running on the machine distorts the timings it fits to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.config import RunConfig  # noqa: E402
+from tuner.perf import local  # noqa: E402
+from tuner.perf.errors import ErrorBands, layout_kind  # noqa: E402
+from tuner.perf.model import predict  # noqa: E402
+from tuner.planner.calibration import fit_measured  # noqa: E402
+from tuner.planner.rank import PlanRow  # noqa: E402
+from tuner.planner.show import describe  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def _tuner(*args: str, cwd: Path) -> None:
+    cmd = [sys.executable, "-m", "tuner", *args]
+    print("$", " ".join(cmd[1:]), flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+
+
+def _sweep(name: str, world: int, trials: int, seed: int, cwd: Path) -> None:
+    _tuner(
+        "sweep",
+        "+experiment=layouts",
+        f"parallel.world_size={world}",
+        f"sweep.name={name}",
+        f"sweep.n_trials={trials}",
+        f"sweep.seed={seed}",
+        "sampler=random",
+        cwd=cwd,
+    )
+
+
+def _trials(name: str, cwd: Path) -> list[dict]:
+    import optuna
+
+    from tuner.config import load
+    from tuner.study import storage_for, stored_result
+
+    os.chdir(cwd)  # the sweep's storage path is relative to where it ran
+    cfg = load([f"sweep.name={name}"])
+    study = optuna.load_study(study_name=name, storage=storage_for(cfg))
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return [r for r in (stored_result(t) for t in done) if r.get("step_time_s")]
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cal-trials", type=int, default=24)
+    ap.add_argument("--test-trials", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="planner-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    _tuner("calibrate", "calibrate.world_sizes=[2,4]", cwd=work)
+    _sweep("cal-ws2", 2, args.cal_trials, args.seed, work)
+    _sweep("test-ws4", 4, args.test_trials, args.seed + 1, work)
+
+    cal, test = _trials("cal-ws2", work), _trials("test-ws4", work)
+    fitted = fit_measured(
+        [(RunConfig.from_dict(r["config"]), r["step_time_s"]) for r in cal],
+        source=f"{len(cal)} trials at world size 2",
+    )
+    cluster4 = local.cluster(4, mem_gib=1e6)
+    rows = []
+    for r in test:
+        cfg = RunConfig.from_dict(r["config"])
+        pred = predict(cfg, cluster4, fitted.coeffs)
+        p = cfg.parallel
+        rows.append(
+            {
+                "kind": layout_kind(p.dp, p.tp, p.pp),
+                "layout": describe(PlanRow.of(cfg, feasible=True)),
+                "measured_step_s": r["step_time_s"],
+                "predicted_step_s": pred.step_time_s,
+                "measured_tokens_per_s": r["tokens_per_s"],
+                "predicted_tokens_per_s": pred.tokens_per_s,
+                "mem_prediction_error": r.get("mem_prediction_error"),
+            }
+        )
+    errors = [(x["predicted_step_s"] - x["measured_step_s"]) / x["measured_step_s"] for x in rows]
+    meas = [x["measured_tokens_per_s"] for x in rows]
+    predt = [x["predicted_tokens_per_s"] for x in rows]
+    best_pred, best_meas = int(np.argmax(predt)), int(np.argmax(meas))
+    mem = [abs(x["mem_prediction_error"]) for x in rows if x["mem_prediction_error"] is not None]
+    summary = {
+        "command": "python bench/planner_accuracy.py "
+        f"--cal-trials {args.cal_trials} --test-trials {args.test_trials} --seed {args.seed}",
+        "calibration_trials": len(cal),
+        "held_out_trials": len(rows),
+        "spearman": _spearman(predt, meas),
+        "step_time_mape": float(np.mean(np.abs(errors))),
+        "step_time_max_error": float(np.max(np.abs(errors))),
+        "top1_hit": best_pred == best_meas,
+        "predicted_best_vs_measured_best": meas[best_pred] / meas[best_meas],
+        "memory_mape": float(np.mean(mem)) if mem else None,
+        "memory_max_error": float(np.max(mem)) if mem else None,
+        "coefficients": fitted.coeffs.values,
+        "wall_s": time.time() - started,
+    }
+    bands = ErrorBands.from_residuals(
+        [x["kind"] for x in rows], errors, "held out at 4 ranks, fitted at 2 (this machine)"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {
+        "summary": summary,
+        "rows": rows,
+        "bands": {"gloo": {"by_kind": bands.by_kind, "source": bands.source}},
+    }
+    (RESULTS / "planner_accuracy.json").write_text(json.dumps(out, indent=1))
+    lines = [
+        "# Planner accuracy on this machine",
+        "",
+        f"`{summary['command']}` ({summary['wall_s'] / 60:.0f} min)",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    for k in (
+        "calibration_trials",
+        "held_out_trials",
+        "spearman",
+        "step_time_mape",
+        "step_time_max_error",
+        "top1_hit",
+        "predicted_best_vs_measured_best",
+        "memory_mape",
+        "memory_max_error",
+    ):
+        v = summary[k]
+        lines.append(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines += ["", "| layout (held out) | measured s | predicted s | error |", "|---|---|---|---|"]
+    for x, e in zip(rows, errors, strict=True):
+        lines.append(
+            f"| {x['layout']} | {x['measured_step_s']:.4f} | {x['predicted_step_s']:.4f} | "
+            f"{100 * e:+.0f}% |"
+        )
+    (RESULTS / "planner_accuracy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
