@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from tuner.report.data import format_value, param_columns
+from tuner.report.data import format_value
+from tuner.report.frame import param_columns
 from tuner.report.measurements import BREAKDOWN_PARTS, MEM_PARTS
 
 logger = logging.getLogger(__name__)
