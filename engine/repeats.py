@@ -1,9 +1,10 @@
 """One result from independent launches of the same configuration (``measure.repeats``).
 
-Every key of a run's result is merged by a declared rule, so no figure silently stays that of
-the first launch: throughput statistics are recomputed over the timed steps of all launches,
-memory is the maximum, time and volume per step are means, utilisations are recomputed from
-the merged median, and the per-step lists of each launch are kept side by side.
+Every figure of a run's result is merged by the rule engine/result_schema.py declares with
+it, so no figure silently stays that of the first launch: throughput statistics are recomputed
+over the timed steps of all launches, memory is the maximum, time and volume per step are
+means, utilisations are recomputed from the merged median, and the per-step lists of each
+launch are kept side by side.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from engine.config import RunConfig
 from engine.metrics.bandwidth import add_bandwidth, group_size
 from engine.metrics.stats import median_ci
 from engine.metrics.timing import Spread
+from engine.result_schema import FIELDS, conform
 
 Result = dict[str, Any]
 
@@ -104,118 +106,37 @@ def _union(values: list[Any]) -> Any:
     return sorted({x for v in values for x in v})
 
 
-# How each key of a run result is merged. Keys recomputed in merge() from the pooled samples
-# are marked RECOMPUTED; a key missing here is an error, so a new figure must declare its rule.
-RECOMPUTED = object()
-RULES: dict[str, Any] = {
-    **dict.fromkeys(
-        (
-            "schema_version",
-            "n_params",
-            "flops_per_token",
-            "world_size",
-            "tokens_per_step",
-            "device",
-            "backend",
-            "torch_version",
-            "host",
-            "first_step",
-            "peak_flops_per_device",
-            "comm_bytes_analytic",
-            "comm_delay_ms",
-            "mem_method",
-            "predicted_peak_mem_bytes",
-            "predicted_peak_mem_bytes_per_rank",
-            "mem_breakdown",
-            "mem_prediction_compared_to",
-            "peak_flops_source",
-            "mfu_note",
-            "comm_notes",
-            "not_measured",
-        ),
-        "same",
-    ),
-    # the data and the seed are the same, so every launch computes the same losses
-    **dict.fromkeys(("losses", "grad_norms", "final_loss", "loss_scale", "status"), _first),
-    **dict.fromkeys(
-        (
-            "tokens_per_s",
-            "tokens_per_s_min",
-            "tokens_per_s_max",
-            "tokens_per_s_ci",
-            "tokens_per_s_ci_coverage",
-            "tokens_per_s_cv",
-            "repeats",
-            "step_time_s",
-            "step_time_s_min",
-            "step_time_s_max",
-            "mfu",
-            "hfu",
-            "mem_prediction_error",
-            "breakdown_sum_error",
-        ),
-        RECOMPUTED,
-    ),
-    **dict.fromkeys(
-        (
-            "peak_mem_bytes",
-            "tensor_peak_bytes",
-            "peak_reserved_bytes",
-            "alloc_retries",
-            "rss_bytes",
-            "mem_compared_bytes",
-            "skipped_steps",
-        ),
-        _max,
-    ),
-    **dict.fromkeys(
-        ("peak_mem_bytes_per_rank", "tensor_peak_bytes_per_rank", "skipped_steps_per_rank"),
-        _elementwise(_max),
-    ),
-    **dict.fromkeys(
-        (
-            "data_time_s",
-            "comm_exposed_s",
-            "comm_count",
-            "comm_bytes",
-            "comm_time_s",
-            "breakdown_step_s",
-            "ckpt_save_s",
-            "ckpt_load_s",
-        ),
-        _mean_or_none,
-    ),
+# The functions behind the merge rule each figure declares in engine/result_schema.py.
+RULE_FUNCTIONS: dict[str, Callable[[list[Any]], Any]] = {
+    "first": _first,
+    "max": _max,
+    "mean": _mean_or_none,
+    "sum": _sum,
+    "any": any,
+    "union": _union,
+    "per_launch": _per_launch,
+    "elementwise_max": _elementwise(_max),
+    "dict_mean": _dict_mean,
+    "elementwise_dict_mean": _elementwise(_dict_mean),
+    "comm_kinds": _comm_kinds,
     "config": _config,
-    "breakdown": _dict_mean,
-    "comm_calls": _dict_mean,
-    "breakdown_per_rank": _elementwise(_dict_mean),
-    "comm": _comm_kinds,
-    "comm_delay_inline": _sum,
-    "comm_unknown_dtypes": _union,
-    "timing_includes_profiler": any,
-    "mem_includes_profiler": any,
-    # per-step lists differ between launches: kept per launch, indexes into them too
-    **dict.fromkeys(
-        ("step_times_s", "timed_steps", "comm_busy_s_steps", "comm_exposed_s_steps"),
-        _per_launch,
-    ),
 }
+# "same" needs the figure's name for its message; "recomputed" figures come from merge() itself
+assert {f.merge for f in FIELDS} <= {*RULE_FUNCTIONS, "same", "recomputed"}
 
 
 def merge(results: list[Result]) -> Result:
     """The merged result of ``results`` (launches of one configuration, all successful)."""
     if len(results) == 1:
         return results[0]
-    keys = list(dict.fromkeys(k for r in results for k in r))
-    unknown = [k for k in keys if k not in RULES]
-    assert not unknown, f"no merge rule for result key(s) {unknown}"
+    results = [conform(r) for r in results]
     merged: Result = {}
-    for key in keys:
-        rule = RULES[key]
-        values = [r.get(key) for r in results]
-        if rule is RECOMPUTED:
+    for field in FIELDS:
+        if field.name not in results[0] or field.merge == "recomputed":
             continue
-        merged[key] = _same(key)(values) if rule == "same" else rule(values)
+        values = [r[field.name] for r in results]
+        rule = _same(field.name) if field.merge == "same" else RULE_FUNCTIONS[field.merge]
+        merged[field.name] = rule(values)
     # the per-launch lists are kept as lists of lists; the pooled timed samples drive the stats
     samples = [
         r["tokens_per_step"] / r["step_times_s"][i] for r in results for i in r["timed_steps"]
@@ -251,4 +172,4 @@ def merge(results: list[Result]) -> Result:
         add_bandwidth(merged["comm"], group_size(RunConfig.from_dict(merged["config"])))
     parts, step = merged.get("breakdown"), merged.get("breakdown_step_s")
     merged["breakdown_sum_error"] = (sum(parts.values()) - step) / step if parts and step else None
-    return merged
+    return conform(merged)

@@ -1,5 +1,8 @@
 """Turns every rank's records into the run's result: one JSON object, written atomically.
 
+The figures and their meanings are declared in engine/result_schema.py; the result is checked
+against it before it leaves this module.
+
 Conventions: throughput counts the whole global batch; a step lasts as long as its slowest rank;
 communication figures are per step and per rank, averaged over ranks; memory is the maximum
 over ranks.
@@ -7,10 +10,7 @@ over ranks.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from engine.config import RunConfig
+from engine.fileio import atomic_write_text
 from engine.metrics.analytic import expected_comm_bytes
 from engine.metrics.bandwidth import add_bandwidth, group_size
 from engine.metrics.bandwidth import notes as comm_notes
@@ -27,9 +28,12 @@ from engine.metrics.stats import median_ci
 from engine.metrics.timeline import PARTS
 from engine.metrics.timing import Spread
 from engine.model import count_params
+from engine.result_schema import SCHEMA_VERSION, conform
 from engine.train import RankRecord, profile_window
 
-SCHEMA_VERSION = 1
+# memory readings besides peak_mem_bytes (metrics/memory.py): CUDA's reserved bytes and
+# allocator retries, the CPU's resident set; null on the device that has no such reading
+OTHER_MEMORY = ("peak_reserved_bytes", "alloc_retries", "rss_bytes")
 
 
 def timed_steps(cfg: RunConfig, first_step: int = 0) -> tuple[list[int], bool]:
@@ -67,12 +71,10 @@ def _comm_average(records: list[RankRecord]) -> dict[str, Any]:
 def _breakdown(records: list[RankRecord]) -> dict[str, Any]:
     """The step-time breakdown of the profiled steps, averaged over ranks, with each rank's,
     and how far the parts' sum lies from the stopwatch's step time (the check of its cover)."""
-    ranks = [r for r in records if r.breakdown is not None]
-    if not ranks:
-        return {"breakdown": None, "breakdown_per_rank": [], "breakdown_sum_error": None}
-    parts = {k: _mean([r.breakdown[k] for r in ranks]) for k in PARTS}
-    step = _mean([r.profiled_step_s for r in ranks])
-    n = min(len(r.comm_busy_steps_s) for r in ranks)
+    ranks = [r for r in records if r.breakdown is not None]  # none: no profiled step
+    parts = {k: _mean([r.breakdown[k] for r in ranks]) for k in PARTS} if ranks else None
+    step = _mean([r.profiled_step_s for r in ranks]) if ranks else None
+    n = min((len(r.comm_busy_steps_s) for r in ranks), default=0)
     return {
         "breakdown": parts,
         "breakdown_per_rank": [r.breakdown for r in ranks],
@@ -83,7 +85,7 @@ def _breakdown(records: list[RankRecord]) -> dict[str, Any]:
         ],
         "breakdown_step_s": step,
         # (sum of the parts - the stopwatch's step time) / the stopwatch's step time
-        "breakdown_sum_error": (sum(parts.values()) - step) / step if step else None,
+        "breakdown_sum_error": (sum(parts.values()) - step) / step if parts and step else None,
     }
 
 
@@ -133,9 +135,12 @@ def _not_measured(
             f"{cfg.train.steps - cfg.train.warmup_steps} measured steps)"
         )
         keys = ["comm_count", "comm_bytes", "comm_time_s", "comm", "comm_exposed_s", "breakdown"]
+        keys += ["breakdown_step_s", "breakdown_sum_error"]
         if device != "cuda":  # the CPU tensor peak comes from the profiler's memory events
             keys += ["tensor_peak_bytes", "mem_compared_bytes", "mem_prediction_error"]
         out.update(dict.fromkeys(keys, why))
+    if device == "cuda":
+        out["tensor_peak_bytes"] = "CPU only (on CUDA the allocator's peak_mem_bytes is compared)"
     if not peak.flops:
         why = peak.note or "no peak FLOP/s known for this device"
         out.update(dict.fromkeys(("mfu", "hfu"), why))
@@ -178,7 +183,7 @@ def build_result(
     }
     if diverged:
         result["error"] = f"loss diverged (NaN/inf) at step {min(diverged)}"
-        return result
+        return conform(result)
 
     steps, with_profiler = timed_steps(cfg, records[0].first_step)
     time_spread = Spread.of([step_times[s] for s in steps])
@@ -204,6 +209,7 @@ def build_result(
             "tokens_per_s_ci": [ci.low, ci.high],
             "tokens_per_s_ci_coverage": ci.coverage,
             "tokens_per_s_cv": ci.cv,
+            "tokens_per_s_repeats": [tps.median],
             "repeats": 1,
             "step_time_s": time_spread.median,
             "step_time_s_min": time_spread.min,
@@ -214,12 +220,11 @@ def build_result(
             "data_time_s": _mean([max(r.data_times_s[s] for r in records) for s in steps]),
             "peak_mem_bytes": max(peaks),
             "peak_mem_bytes_per_rank": peaks,
-            # the rest of the memory readings (CUDA: reserved bytes, allocator retries; CPU:
-            # resident set at the end), max over ranks
             **{
                 key: max(r.memory.get(key, 0) for r in records)
-                for key in records[0].memory
-                if key != "peak_mem_bytes"
+                if key in records[0].memory
+                else None
+                for key in OTHER_MEMORY
             },
             "mem_method": "cuda_allocator" if device.type == "cuda" else "vmhwm",
             # with no unprofiled measured step, the peak includes the profiler's buffers
@@ -270,22 +275,10 @@ def build_result(
             "ckpt_load_s": max((r.ckpt_load_s or 0.0) for r in records) or None,
         }
     )
-    return result
-
-
-def record_to_dict(record: RankRecord) -> dict[str, Any]:
-    return dataclasses.asdict(record)
+    return conform(result)
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: leave neither half a file nor the temp one
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """The result JSON, whole or not at all (engine.fileio)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True))

@@ -10,25 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine import result_schema
 from engine.config import RunConfig
 from engine.launch import engine_command, launch
 
 REPO = Path(__file__).resolve().parent.parent
-# the run JSON keys that README documents and the tuner relies on
-RESULT_KEYS = (
-    "tokens_per_s",
-    "step_time_s",
-    "peak_mem_bytes",
-    "comm_count",
-    "comm_bytes",
-    "comm_time_s",
-    "mfu",
-    "n_params",
-    "losses",
-    "config",
-    "tokens_per_s_ci",
-    "tokens_per_s_cv",
-)
+# every key of a successful run's JSON (engine/result_schema.py declares them)
+RESULT_KEYS = result_schema.names("ok")
 
 
 def tiny_config(**sections: dict[str, Any]) -> RunConfig:

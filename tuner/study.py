@@ -24,6 +24,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
+from engine.result_schema import from_columns
 from tuner.config import OBJECTIVES, Loaded
 from tuner.machine import Machine, describe_record, now_iso
 from tuner.machine import current as current_machine
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running a trial
 MACHINE_ATTR = "machine"  # on each trial: the id of the machine that measured it
 MACHINES_ATTR = "machines"  # on the study: id -> the machine's record, first one first
+# on each trial that produced a result: the run's result JSON, whole, in one storage write
+# (engine/result_schema.py declares its figures)
+RESULT_ATTR = "result"
 
 
 def sweep_dir(cfg: Loaded) -> Path:
@@ -221,3 +225,17 @@ def tell(study: optuna.Study, trial: optuna.Trial | int, values=None, state=None
     except RuntimeError as err:
         if "Study.stop" not in str(err):
             raise
+
+
+def record_result(trial: optuna.Trial, result: dict[str, Any]) -> None:
+    """Store a run's result on its trial: one attribute, so one write to the storage."""
+    trial.set_user_attr(RESULT_ATTR, result)
+
+
+def stored_result(trial: FrozenTrial) -> dict[str, Any]:
+    """The result stored on ``trial`` ({} if none). Studies written before results were
+    stored whole kept one attribute per figure and column; those are read back the same way."""
+    attrs = trial.user_attrs
+    if RESULT_ATTR in attrs:
+        return attrs[RESULT_ATTR] or {}
+    return from_columns(attrs)

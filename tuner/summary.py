@@ -1,10 +1,15 @@
-"""A readable summary of one run's result, for `python -m tuner run`."""
+"""A readable summary of one run's result, for `python -m tuner run`.
+
+Figures are read through the result schema (engine/result_schema.py): a name it does not
+declare is an error here, never a line that silently says "not measured".
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-MIB = 1024 * 1024
+from engine.result_schema import figure
+from engine.units import MIB
 
 
 def _row(name: str, value: str) -> str:
@@ -13,13 +18,13 @@ def _row(name: str, value: str) -> str:
 
 def _throughput(r: dict[str, Any]) -> str:
     low, high = r["tokens_per_s_ci"]
-    repeats = r.get("repeats", 1)
+    repeats = figure(r, "repeats") or 1
     # a merged result keeps each launch's timed steps (a list per launch)
     n = sum(map(len, r["timed_steps"])) if repeats > 1 else len(r["timed_steps"])
     runs = f" in {repeats} runs" if repeats > 1 else ""
     profiled = (
         "; timed steps ran under the profiler (no unprofiled measured step)"
-        if r.get("timing_includes_profiler")
+        if figure(r, "timing_includes_profiler")
         else ""
     )
     return (
@@ -30,7 +35,9 @@ def _throughput(r: dict[str, Any]) -> str:
 
 
 def _not_measured(r: dict[str, Any], key: str) -> str:
-    return f"not measured: {r.get('not_measured', {}).get(key, 'no value in the result')}"
+    figure(r, key)  # a declared figure, or the reason would never be found
+    why = (figure(r, "not_measured") or {}).get(key, "no value in the result")
+    return f"not measured: {why}"
 
 
 def format_run(r: dict[str, Any]) -> str:
@@ -45,7 +52,7 @@ def format_run(r: dict[str, Any]) -> str:
             layout += f"x{p['pp_virtual_stages']}"
     if t["activation_checkpointing"] != "none":
         layout += f" ac={t['activation_checkpointing']}"
-    if r.get("mfu") is not None:
+    if figure(r, "mfu") is not None:
         mfu = f"{100 * r['mfu']:.1f}% of {r['peak_flops_per_device']:.3g} FLOP/s per device"
     else:
         mfu = _not_measured(r, "mfu")
@@ -64,28 +71,27 @@ def format_run(r: dict[str, Any]) -> str:
             "communication/step",
             f"{r['comm_count']:.0f} collectives, "
             f"{r['comm_bytes'] / MIB:.2f} MiB, {1e3 * r['comm_time_s']:.1f} ms (per rank)"
-            if r.get("comm_count") is not None
+            if figure(r, "comm_count") is not None
             else _not_measured(r, "comm_count"),
         ),
         _row(
             "MFU",
-            mfu
-            + (f" (HFU {100 * r['hfu']:.1f}%)" if r.get("hfu") and r["hfu"] != r["mfu"] else ""),
+            mfu + (f" (HFU {100 * r['hfu']:.1f}%)" if r["hfu"] and r["hfu"] != r["mfu"] else ""),
         ),
         _row("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps"),
     ]
     lines += _measurements(r)
-    if r.get("first_step"):
+    if figure(r, "first_step"):
         lines.append(
             _row("resumed at step", f"{r['first_step']} ({r['ckpt_load_s']:.2f} s to load)")
         )
-    if r.get("ckpt_save_s"):
+    if figure(r, "ckpt_save_s"):
         lines.append(_row("checkpoint save", f"{r['ckpt_save_s']:.2f} s per save"))
-    if r.get("loss_scale") is not None:
+    if figure(r, "loss_scale") is not None:
         lines.append(
             _row("fp16 loss scale", f"{r['loss_scale']:g}, {r['skipped_steps']} step(s) skipped")
         )
-    for kind, s in sorted((r.get("comm") or {}).items()):
+    for kind, s in sorted((figure(r, "comm") or {}).items()):
         exposed = f", {1e3 * s['exposed_s']:.1f} ms exposed" if "exposed_s" in s else ""
         lines.append(
             _row(
@@ -94,7 +100,7 @@ def format_run(r: dict[str, Any]) -> str:
                 + exposed,
             )
         )
-    if r.get("comm_calls") is not None:
+    if figure(r, "comm_calls") is not None:
         counted = ", ".join(f"{k} {v:g}" for k, v in r["comm_calls"].items())
         lines.append(_row("counted at the group", counted or "none"))
     return "\n".join(lines)
@@ -103,7 +109,7 @@ def format_run(r: dict[str, Any]) -> str:
 def _measurements(r: dict[str, Any]) -> list[str]:
     """The step-time breakdown and the memory prediction, when the run has them."""
     lines = []
-    parts = r.get("breakdown")
+    parts = figure(r, "breakdown")
     if parts:
         shown = ", ".join(f"{k.replace('_', ' ')} {1e3 * v:.1f}" for k, v in parts.items())
         lines.append(
@@ -113,8 +119,8 @@ def _measurements(r: dict[str, Any]) -> list[str]:
                 f"{1e3 * r['breakdown_step_s']:.1f} (profiled steps)",
             )
         )
-    if r.get("predicted_peak_mem_bytes") is not None:
-        measured, error = r.get("mem_compared_bytes"), r.get("mem_prediction_error")
+    if figure(r, "predicted_peak_mem_bytes") is not None:
+        measured, error = figure(r, "mem_compared_bytes"), figure(r, "mem_prediction_error")
         vs = (
             f" vs measured {measured / MIB:,.1f} ({r['mem_prediction_compared_to']}), "
             f"error {100 * error:+.1f}%"

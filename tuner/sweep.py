@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -32,6 +32,7 @@ from tuner.study import (
     MACHINE_ATTR,
     WORKER_ATTR,
     open_study,
+    record_result,
     recover_interrupted,
     sweep_dir,
     tell,
@@ -62,23 +63,6 @@ def _counts(t: FrozenTrial) -> bool:
     return _decided(t) and t.state != TrialState.PRUNED
 
 
-def _metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a run's result worth keeping on the trial (scalars, per-kind comm, losses)."""
-    keep = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    keep["comm"] = result.get("comm", {})
-    keep["comm_notes"] = result.get("comm_notes", [])
-    low, high = result.get("tokens_per_s_ci") or (None, None)
-    keep["tokens_per_s_ci_low"], keep["tokens_per_s_ci_high"] = low, high
-    keep["losses"] = result.get("losses", [])
-    keep["not_measured"] = result.get("not_measured", {})
-    # flat columns for trials.csv: seconds per step by part, predicted bytes by part
-    for part, seconds in (result.get("breakdown") or {}).items():
-        keep[f"breakdown_{part}_s"] = seconds
-    for part, nbytes in (result.get("mem_breakdown") or {}).items():
-        keep[f"mem_{part}_bytes"] = nbytes
-    return keep
-
-
 def _earlier_same(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
     """An earlier measured trial that ran the same configuration (see space.layout_key)."""
     for t in study.get_trials(deepcopy=False, states=FINISHED):
@@ -93,8 +77,7 @@ def _finish(
     trial.set_user_attr("log_dir", str(outcome.log_dir.resolve()))
     trial.set_user_attr("duration_s", outcome.wall_s)
     if outcome.result is not None:
-        for key, value in _metrics(outcome.result).items():
-            trial.set_user_attr(key, value)
+        record_result(trial, outcome.result)
     missing = [o for o in objectives if (outcome.result or {}).get(o) is None]
     if outcome.ok and outcome.result is not None and missing:
         why = outcome.result.get("not_measured", {})

@@ -1,4 +1,5 @@
-"""Building blocks for report tests: real Optuna trials with the tuner's attributes."""
+"""Building blocks for report tests: real Optuna trials with the tuner's attributes, the
+figures stored as the sweep stores them (one result attribute per trial)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from engine import result_schema
+from tuner.study import RESULT_ATTR
+
 BASE = ["model=tiny", "train.global_batch=8", "train.steps=6"]
 DISTS = {
     "parallel.dp": IntDistribution(1, 4),
@@ -16,6 +20,7 @@ DISTS = {
     "parallel.tp": IntDistribution(1, 2),
 }
 OOM_DETAIL = "RuntimeError: <CUDA> out of memory & more"
+_COLUMNS = {c.name for c in result_schema.columns()}
 
 
 def _add(
@@ -27,11 +32,15 @@ def _add(
     mem: int | None = None,
     **attrs: Any,
 ) -> None:
-    user_attrs = dict(attrs)
     if tps is not None:
-        user_attrs["tokens_per_s"] = tps
+        attrs["tokens_per_s"] = tps
     if mem is not None:
-        user_attrs["peak_mem_bytes"] = mem
+        attrs["peak_mem_bytes"] = mem
+    # figures (by field or column name) go into the stored result, the rest onto the trial
+    figures = {k: v for k, v in attrs.items() if k in result_schema.FIELD or k in _COLUMNS}
+    user_attrs = {k: v for k, v in attrs.items() if k not in figures}
+    if figures:
+        user_attrs[RESULT_ATTR] = result_schema.from_columns(figures)
     study.add_trial(
         create_trial(
             state=state,

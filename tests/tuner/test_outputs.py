@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from tuner.cli import main
 from tuner.report import write_report
-from tuner.report.data import DEAD_WORKER_STATE, trials_frame
+from tuner.report.frame import DEAD_WORKER_STATE, trials_frame
 from tuner.study import WORKER_ATTR, worker_id
 
 SWEEP = ["sweep", "model=tiny", "sweep.name=t", "sweep.n_trials=1"]

@@ -1,4 +1,5 @@
-"""Data step of the sweep report: turn an Optuna study into DataFrames and dataclasses.
+"""Data step of the sweep report: turn an Optuna study into DataFrames and dataclasses
+(the table of trials itself: ``frame.py``).
 
 Nothing here draws. The figures (``figures.py``) and the page (``html.py``) only consume what these
 functions return, so the numbers can be tested without rendering anything (the split Optuna's
@@ -16,70 +17,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
 
+from engine.units import MIB
 from tuner.machine import describe_record
-from tuner.study import WORKER_ATTR
-from tuner.study import _worker_alive as worker_alive
+from tuner.report.frame import (
+    DEAD_WORKER_STATE,
+    METRIC_COLUMNS,
+    is_int,
+    param_columns,
+    trials_frame,
+)
+from tuner.study import stored_result
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Sequence
 
     import optuna
 
 logger = logging.getLogger(__name__)
 
-#: Per-trial metrics written into ``trial.user_attrs`` by the runner (units in the names).
-METRIC_COLUMNS: tuple[str, ...] = (
-    "tokens_per_s",
-    "tokens_per_s_min",
-    "tokens_per_s_max",
-    "tokens_per_s_ci_low",
-    "tokens_per_s_ci_high",
-    "tokens_per_s_ci_coverage",
-    "tokens_per_s_cv",
-    "step_time_s",
-    "peak_mem_bytes",
-    "comm_count",
-    "comm_bytes",
-    "comm_time_s",
-    "comm_exposed_s",
-    "breakdown_forward_s",
-    "breakdown_backward_s",
-    "breakdown_optimizer_s",
-    "breakdown_comm_exposed_s",
-    "breakdown_bubble_s",
-    "breakdown_data_s",
-    "breakdown_step_s",
-    "breakdown_sum_error",
-    "tensor_peak_bytes",
-    "predicted_peak_mem_bytes",
-    "mem_compared_bytes",
-    "mem_params_bytes",
-    "mem_grads_bytes",
-    "mem_optimizer_bytes",
-    "mem_activations_bytes",
-    "mem_prediction_error",
-    "mfu",
-    "hfu",
-    "flops_per_token",
-    "n_params",
-    "world_size",
-    "final_loss",
-)
-LEAD_COLUMNS: tuple[str, ...] = ("number", "state", "fail_reason", "fail_detail", "duplicate_of")
-#: What the figures above mean for this trial: what the memory prediction was compared with,
-#: whether the timed steps ran under the profiler, and why a blank figure is blank.
-NOTE_COLUMNS: tuple[str, ...] = (
-    "machine",
-    "mem_prediction_compared_to",
-    "timing_includes_profiler",
-    "not_measured",
-)
-TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "log_dir")
-#: A RUNNING trial whose worker on this host has died: shown, not changed (reporting is
-#: read-only; the next sweep run with the same sweep.name fails and requeues it).
-DEAD_WORKER_STATE = "RUNNING (worker dead)"
 FAILED_STATES: tuple[str, ...] = ("FAIL", "PRUNED", DEAD_WORKER_STATE)
 #: Display order for state counts; unknown states follow in order of appearance.
 STATE_ORDER: tuple[str, ...] = (
@@ -112,109 +68,6 @@ class SweepSummary:
     best_number: int | None = None
     best_command: str | None = None
     params: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _is_int(value: Any) -> bool:
-    # bool is an Integral too, but a column of flags must not become 0/1.
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _column(values: list[Any], *, numeric: bool, name: str = "") -> pd.Series:
-    """Build one column, keeping integers integer even when some trials lack the value.
-
-    A plain float column would turn ``peak_mem_bytes`` 4294967296 into ``4294967296.0`` in the CSV
-    and ``parallel.dp`` 2 into ``2.0`` in overrides, so integer-only columns use nullable ``Int64``.
-    """
-    present = [v for v in values if v is not None]
-    if present and all(_is_int(v) for v in present):
-        return pd.Series(values, dtype="Int64", name=name)
-    if present and all(_is_real(v) for v in present):
-        return pd.Series(values, dtype="float64", name=name)
-    if not numeric:
-        return pd.Series(values, dtype=object if present else "float64", name=name)
-    series = pd.to_numeric(pd.Series(values, dtype=object, name=name), errors="coerce")
-    n_bad = int(series.isna().sum()) - (len(values) - len(present))
-    if n_bad:
-        logger.warning("%d value(s) of metric %r are not numbers; shown as missing", n_bad, name)
-    return series.astype("float64")
-
-
-def _param_names(trials: Iterable[optuna.trial.FrozenTrial]) -> list[str]:
-    # Order of first appearance keeps the sampler's order of parameters, which reads naturally.
-    names: dict[str, None] = {}
-    for trial in trials:
-        names.update(dict.fromkeys(trial.params))
-    return list(names)
-
-
-def _why_blank(not_measured: dict[str, str] | None) -> str | None:
-    """ "reason: figure, figure; reason: figure" from a result's ``not_measured``."""
-    if not not_measured:
-        return None
-    by_reason: dict[str, list[str]] = {}
-    for key, why in not_measured.items():
-        by_reason.setdefault(why, []).append(key)
-    return "; ".join(f"{why}: {', '.join(keys)}" for why, keys in by_reason.items())
-
-
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, ordered by number: bookkeeping, searched parameters, metrics."""
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-
-    def attr(name: str) -> list[Any]:
-        return [t.user_attrs.get(name) for t in trials]
-
-    dead = [_dead_worker(t) for t in trials]
-    columns: dict[str, pd.Series] = {
-        "number": pd.Series([t.number for t in trials], dtype="int64"),
-        "state": pd.Series(
-            [DEAD_WORKER_STATE if d else t.state.name for t, d in zip(trials, dead)], dtype=object
-        ),
-        "fail_reason": _column(
-            ["interrupted" if d else r for r, d in zip(attr("fail_reason"), dead)], numeric=False
-        ),
-        "fail_detail": _column(
-            [
-                f"worker {d} is no longer running; the next sweep run queues it again" if d else v
-                for v, d in zip(attr("fail_detail"), dead)
-            ],
-            numeric=False,
-        ),
-        "duplicate_of": pd.Series(attr("duplicate_of"), dtype="Int64"),
-    }
-    for name in _param_names(trials):
-        columns[name] = _column([t.params.get(name) for t in trials], numeric=False)
-    for name in (*METRIC_COLUMNS, "duration_s"):
-        columns[name] = _column(attr(name), numeric=True, name=name)
-    columns["machine"] = _column(attr("machine"), numeric=False)
-    columns["mem_prediction_compared_to"] = _column(
-        attr("mem_prediction_compared_to"), numeric=False
-    )
-    columns["timing_includes_profiler"] = pd.Series(
-        attr("timing_includes_profiler"), dtype="boolean"
-    )
-    columns["not_measured"] = _column([_why_blank(v) for v in attr("not_measured")], numeric=False)
-    columns["duration_s"] = columns.pop("duration_s").astype("float64")
-    columns["log_dir"] = _column(attr("log_dir"), numeric=False)
-    return pd.DataFrame(columns)
-
-
-def _dead_worker(trial: FrozenTrial) -> str | None:
-    """The worker ("host:pid") of a RUNNING trial if it has died on this host, else None."""
-    worker = trial.user_attrs.get(WORKER_ATTR)
-    if trial.state != TrialState.RUNNING or not worker or worker_alive(worker):
-        return None
-    return worker
-
-
-def param_columns(df: pd.DataFrame) -> list[str]:
-    """The searched-parameter columns of a :func:`trials_frame` (everything not fixed)."""
-    fixed = set(LEAD_COLUMNS) | set(METRIC_COLUMNS) | set(NOTE_COLUMNS) | set(TAIL_COLUMNS)
-    return [c for c in df.columns if c not in fixed]
 
 
 def _completed(df: pd.DataFrame) -> pd.DataFrame:
@@ -270,7 +123,8 @@ def collective_table(study: optuna.Study, number: int) -> tuple[pd.DataFrame, li
     """Per-collective figures of one trial (per step, per rank) and the caveats that go with
     them, from the ``comm`` and ``comm_notes`` the engine reported."""
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    comm = (trial.user_attrs.get("comm") if trial else None) or {}
+    result = stored_result(trial) if trial else {}
+    comm = result.get("comm") or {}
 
     def r3(value: Any) -> Any:  # readable precision; the run JSON keeps the raw figures
         return None if value is None else round(float(value), 3)
@@ -279,7 +133,7 @@ def collective_table(study: optuna.Study, number: int) -> tuple[pd.DataFrame, li
         {
             "collective": kind,
             "count": stats.get("count"),
-            "MiB": r3(stats.get("bytes", 0) / 2**20),
+            "MiB": r3(stats.get("bytes", 0) / MIB),
             "time_ms": r3(1e3 * stats.get("time_s", 0)),
             "exposed_ms": r3(1e3 * stats["exposed_s"]) if "exposed_s" in stats else None,
             "algbw_GBps": r3(stats.get("algbw_gbps")),
@@ -287,7 +141,7 @@ def collective_table(study: optuna.Study, number: int) -> tuple[pd.DataFrame, li
         }
         for kind, stats in sorted(comm.items())
     ]
-    notes = list((trial.user_attrs.get("comm_notes") if trial else None) or [])
+    notes = list(result.get("comm_notes") or [])
     return pd.DataFrame(rows), notes
 
 
@@ -316,7 +170,7 @@ def format_value(value: Any) -> str:
     """Render a parameter value the way Hydra reads it on the command line."""
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
-    if _is_int(value):
+    if is_int(value):
         return str(int(value))
     if isinstance(value, numbers.Real):
         # Integer-valued floats come from pandas widening an int column that has gaps; Hydra's

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from tuner.report.data import format_value, param_columns
+from engine.units import MIB
+from tuner.report.data import format_value
+from tuner.report.frame import param_columns
 from tuner.report.measurements import BREAKDOWN_PARTS, MEM_PARTS
 
 logger = logging.getLogger(__name__)
 
-MIB = 2**20
 FIG_HEIGHT = 460
 _STATE_COLORS = {
     "COMPLETE": "#1f77b4",

@@ -18,6 +18,7 @@ import plotly.offline
 
 from tuner.outputs import OutputError, atomic_write_text, describe
 from tuner.report import data, figures, measurements
+from tuner.report.best import best_section
 
 if TYPE_CHECKING:
     import optuna
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MIB = 2**20
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
@@ -37,12 +37,6 @@ td { font-variant-numeric: tabular-nums; }
 th { background: #f0f0f0; }
 .scroll { overflow-x: auto; }
 """
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, so a reader never sees a half-written file;
-    a failed write (a full disk) is one :class:`~tuner.outputs.OutputError` line."""
-    atomic_write_text(path, text)
 
 
 def _fmt(value: Any) -> str:
@@ -60,7 +54,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _plain(value: Any) -> str:
+def _cell_text(value: Any) -> str:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return ""
     return data.format_value(value) if isinstance(value, (int, float, np.number)) else str(value)
@@ -72,7 +66,8 @@ def _table(df: pd.DataFrame) -> str:
     # they are typed (a "parallel.dp" of 1,024 would not paste back as an override).
     measured = {*data.METRIC_COLUMNS, "duration_s"}
     shown = pd.DataFrame(
-        {c: df[c].map(_fmt if c in measured else _plain) for c in df.columns}, columns=df.columns
+        {c: df[c].map(_fmt if c in measured else _cell_text) for c in df.columns},
+        columns=df.columns,
     )
     table = shown.to_html(index=False, escape=True, na_rep="", border=0)
     return f'<div class="scroll">{table}</div>'
@@ -125,123 +120,6 @@ def _title(summary: data.SweepSummary) -> str:
     return "\n".join(parts)
 
 
-def _metric_rows(row: pd.Series, not_measured: dict[str, str]) -> list[tuple[str, str]]:
-    """(label, value) pairs for the best trial, converted to the units people read; a figure
-    the trial did not measure says so, with the reason."""
-
-    def get(key: str) -> float | None:
-        value = row.get(key)
-        return None if value is None or pd.isna(value) else float(value)
-
-    rows: list[tuple[str, str]] = []
-    tps, lo, hi = get("tokens_per_s"), get("tokens_per_s_min"), get("tokens_per_s_max")
-    if tps is not None:
-        spread = f" (steps: {lo:,.0f} to {hi:,.0f})" if lo is not None and hi is not None else ""
-        rows.append(("Throughput", f"{tps:,.0f} tokens/s{spread}"))
-    ci_lo, ci_hi, cv = (
-        get("tokens_per_s_ci_low"),
-        get("tokens_per_s_ci_high"),
-        get("tokens_per_s_cv"),
-    )
-    coverage = get("tokens_per_s_ci_coverage")
-    if ci_lo is not None and ci_hi is not None and coverage is not None:
-        rows.append(
-            (
-                f"Throughput interval ({coverage:.0%} coverage)",
-                f"{ci_lo:,.0f} to {ci_hi:,.0f} tokens/s",
-            )
-        )
-    profiled = row.get("timing_includes_profiler")
-    if isinstance(profiled, (bool, np.bool_)) and profiled:
-        rows.append(
-            (
-                "Timing",
-                "the timed steps ran under the profiler (no unprofiled measured step): "
-                "throughput includes its overhead",
-            )
-        )
-    if cv is not None:
-        rows.append(("Step-to-step variation (CV)", f"{cv * 100:.1f} %"))
-    conversions = [
-        ("step_time_s", "Step time", lambda v: f"{v:.4g} s"),
-        (
-            "peak_mem_bytes",
-            "Peak memory (max over ranks)",
-            lambda v: f"{v / MIB:,.1f} MiB",
-        ),
-        (
-            "comm_bytes",
-            "Communication per step per rank",
-            lambda v: f"{v / MIB:,.2f} MiB",
-        ),
-        (
-            "comm_time_s",
-            "Communication time per step per rank",
-            lambda v: f"{v * 1e3:,.2f} ms",
-        ),
-        ("comm_count", "Collectives per step per rank", lambda v: f"{v:,.0f}"),
-        (
-            "comm_exposed_s",
-            "Exposed communication per step per rank",
-            lambda v: f"{v * 1e3:,.2f} ms",
-        ),
-        ("tensor_peak_bytes", "Tensor peak (CPU, max over ranks)", lambda v: f"{v / MIB:,.1f} MiB"),
-        (
-            "mem_compared_bytes",
-            f"Measured peak the prediction is compared with ({_compared_to(row)})",
-            lambda v: f"{v / MIB:,.1f} MiB",
-        ),
-        ("predicted_peak_mem_bytes", "Predicted peak memory", lambda v: f"{v / MIB:,.1f} MiB"),
-        ("mem_prediction_error", "Memory prediction error", lambda v: f"{v * 100:+.1f} %"),
-        ("mfu", "MFU", lambda v: f"{v * 100:.1f} %"),
-        ("world_size", "World size", lambda v: f"{v:.0f}"),
-        ("n_params", "Parameters", lambda v: f"{v:,.0f}"),
-        ("final_loss", "Final loss", lambda v: f"{v:.4g}"),
-    ]
-    for key, label, convert in conversions:
-        value = get(key)
-        if value is not None:
-            rows.append((label, convert(value)))
-        elif key in not_measured:
-            rows.append((label, f"not measured: {not_measured[key]}"))
-    return rows
-
-
-def _compared_to(row: pd.Series) -> str:
-    key = row.get("mem_prediction_compared_to")
-    return measurements.COMPARED_TO.get(str(key), str(key)) if isinstance(key, str) else "n/a"
-
-
-def _best_section(study: optuna.Study, df: pd.DataFrame, summary: data.SweepSummary) -> str:
-    head = "<h2>Best configuration</h2>"
-    if summary.best_number is None:
-        return (
-            head + "<p><strong>No trial completed</strong>, so there is no best configuration.</p>"
-        )
-    row = df.loc[df["number"] == summary.best_number].iloc[0]
-    how = "highest" if summary.best_maximize else "lowest"
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == summary.best_number)
-    rows = _metric_rows(row, trial.user_attrs.get("not_measured") or {})
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    params = ", ".join(
-        f"{k}={data.format_value(row[k])}" for k in summary.params if not pd.isna(row[k])
-    )
-    ties = data.indistinguishable_from(df, row) if summary.best_metric == "tokens_per_s" else []
-    tie_note = (
-        f"<p><strong>Not distinguishable from the best</strong> (their throughput intervals "
-        f"overlap its interval): trial(s) {', '.join(map(str, ties))}. Repeat the measurement "
-        f"(measure.repeats) before choosing between them.</p>"
-        if ties
-        else ""
-    )
-    return (
-        f"{head}<p>Trial {summary.best_number} ({how} {html.escape(summary.best_metric)})"
-        f"{': ' + html.escape(params) if params else ''}</p>"
-        f'<table class="metrics">{cells}</table>{tie_note}'
-        f"<p>Reproduce:</p><pre>{html.escape(summary.best_command or '')}</pre>"
-    )
-
-
 def _failure_section(df: pd.DataFrame) -> str:
     head = "<h2>Failed and pruned trials</h2>"
     failed = data.failure_table(df)
@@ -278,7 +156,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
     body = [
         _title(summary),
         _machines(study, df),
-        _best_section(study, df, summary),
+        best_section(study, df, summary),
         _comm_section(study, summary),
         "<h2>Throughput vs memory</h2>",
         f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
@@ -320,8 +198,8 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike[str]) -> Path:
     except OSError as err:
         raise OutputError(f"cannot write the report: {describe(err)}") from None
     df = data.trials_frame(study)
-    _atomic_write(out / "trials.csv", df.to_csv(index=False))
+    atomic_write_text(out / "trials.csv", df.to_csv(index=False))
     path = out / "report.html"
-    _atomic_write(path, render_report(study, df))
+    atomic_write_text(path, render_report(study, df))
     logger.info("wrote sweep report %s (%d trials)", path, len(df))
     return path

@@ -8,19 +8,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from engine.result_schema import BREAKDOWN_PARTS, FIELD, MEM_PARTS
+from engine.units import MIB
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-#: Parts of the step-time breakdown, in the order the stacked bars show them.
-BREAKDOWN_PARTS: tuple[str, ...] = (
-    "forward",
-    "backward",
-    "optimizer",
-    "comm_exposed",
-    "bubble",
-    "data",
-)
-MEM_PARTS: tuple[str, ...] = ("params", "grads", "optimizer", "activations")
+__all__ = ["BREAKDOWN_PARTS", "MEM_PARTS", "memory_prediction", "step_breakdown"]
+# part -> its column (engine/result_schema.py); the stacked bars show the parts in this order
+_BREAKDOWN_COLUMNS: dict[str, str] = dict(FIELD["breakdown"].parts)
+_MEM_COLUMNS: dict[str, str] = dict(FIELD["mem_breakdown"].parts)
 
 
 def _trial_label(row: pd.Series) -> str:
@@ -36,7 +33,7 @@ def _measured(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 def step_breakdown(df: pd.DataFrame) -> pd.DataFrame:
     """Milliseconds per step by part for each measured trial (rows in trial order), with the
     stopwatch's step time of the same profiled steps next to the parts' sum."""
-    cols = [f"breakdown_{p}_s" for p in BREAKDOWN_PARTS]
+    cols = [_BREAKDOWN_COLUMNS[p] for p in BREAKDOWN_PARTS]
     ok = _measured(df, cols)
     out = pd.DataFrame({"trial": [_trial_label(r) for _, r in ok.iterrows()]})
     for part, col in zip(BREAKDOWN_PARTS, cols, strict=True):
@@ -57,16 +54,16 @@ def memory_prediction(df: pd.DataFrame) -> pd.DataFrame:
     with, like with like (CPU: the tensor-only peak; CUDA: the allocator's peak), for each trial
     that has both. A trial without that measurement is left out, never compared with another
     figure (the CPU's whole-process peak includes the runtime)."""
-    cols = [f"mem_{p}_bytes" for p in MEM_PARTS] + [
+    cols = [_MEM_COLUMNS[p] for p in MEM_PARTS] + [
         "predicted_peak_mem_bytes",
         "mem_compared_bytes",
     ]
     ok = _measured(df, cols)
     out = pd.DataFrame({"trial": [_trial_label(r) for _, r in ok.iterrows()]})
     for part in MEM_PARTS:
-        out[part] = ok[f"mem_{part}_bytes"].to_numpy(dtype="float64") / 2**20
-    out["predicted"] = ok["predicted_peak_mem_bytes"].to_numpy(dtype="float64") / 2**20
-    out["measured"] = ok["mem_compared_bytes"].to_numpy(dtype="float64") / 2**20
+        out[part] = ok[_MEM_COLUMNS[part]].to_numpy(dtype="float64") / MIB
+    out["predicted"] = ok["predicted_peak_mem_bytes"].to_numpy(dtype="float64") / MIB
+    out["measured"] = ok["mem_compared_bytes"].to_numpy(dtype="float64") / MIB
     out["compared_to"] = [
         COMPARED_TO.get(str(k), str(k)) for k in ok["mem_prediction_compared_to"].fillna("")
     ]
