@@ -244,8 +244,8 @@ def build_result(
             "comm_bytes": comm["bytes"],
             "comm_time_s": comm["time_s"],
             "comm": comm["kinds"],
-            # the analytic volume for the layouts metrics/analytic.py covers (None otherwise)
-            "comm_bytes_analytic": expected_comm_bytes(cfg),
+            # the analytic volume per kind (metrics/volumes.py), as this backend runs it
+            "comm_bytes_analytic": expected_comm_bytes(cfg, backend=result["backend"]),
             "comm_unknown_dtypes": sorted({d for r in records for d in r.unknown_comm_dtypes}),
             "comm_notes": comm_notes(cfg, result["backend"], comm["kinds"]),
             "peak_flops_per_device": peak_flops,

@@ -16,6 +16,7 @@ from tuner.perf.errors import ErrorBands, layout_kind
 from tuner.perf.model import Coefficients
 from tuner.planner.rank import PlanRow
 from tuner.planner.show import describe, infeasible_summary
+from tuner.report.html import figure_html, page
 
 GIB = 2**30
 
@@ -83,9 +84,6 @@ def render(
     coeffs: Coefficients,
     top_k: int,
 ) -> str:
-    import plotly.offline
-
-    from tuner.report.html import _CSS, _figure
 
     df = plan_frame(rows)
     best = [r for r in rows if r.feasible][:top_k]
@@ -98,9 +96,9 @@ def render(
         f"coefficients: {html.escape(coeffs.source)}; error: {html.escape(bands.describe())}. "
         "Predictions, not measurements: verify the best with the commands the plan prints.</p>",
         "<h2>Best layouts: where the step time goes</h2>",
-        _figure(step_parts(best)),
+        figure_html(step_parts(best)),
         "<h2>Throughput against memory</h2>",
-        _figure(throughput_vs_memory(df, cluster.mem_bytes / GIB)),
+        figure_html(throughput_vs_memory(df, cluster.mem_bytes / GIB)),
         "<h2>Layouts that cannot run</h2>",
         f"<pre>{html.escape(infeasible_summary([r for r in rows if not r.feasible]))}</pre>",
         "<h2>Every layout</h2>",
@@ -108,12 +106,7 @@ def render(
         + shown.head(500).to_html(index=False, escape=True, na_rep="", border=0)
         + "</div>",
     ]
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>paratune plan: {html.escape(title)}</title>\n<style>{_CSS}</style>\n"
-        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
-        "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
-    )
+    return page(f"paratune plan: {title}", body)
 
 
 def write_page(path: Path, *, rows: list[PlanRow], top_k: int = 10, **context) -> Path:

@@ -73,7 +73,17 @@ def _table(df: pd.DataFrame) -> str:
     return f'<div class="scroll">{table}</div>'
 
 
-def _figure(fig: go.Figure) -> str:
+def page(title: str, body: list[str]) -> str:
+    """A self-contained HTML page (works offline): the report's style and plotly.js inline."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n"
+        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
+        "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def figure_html(fig: go.Figure) -> str:
     # plotly.js is already in <head>; each figure adds only its div and newPlot call.
     return fig.to_html(
         full_html=False, include_plotlyjs=False, default_height=f"{fig.layout.height}px"
@@ -161,33 +171,27 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         "<h2>Throughput vs memory</h2>",
         f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
         + "has both less memory and more throughput.</p>",
-        _figure(figures.throughput_vs_memory(df, front)),
+        figure_html(figures.throughput_vs_memory(df, front)),
         "<h2>Throughput by trial</h2>",
-        _figure(figures.throughput_by_trial(df)),
+        figure_html(figures.throughput_by_trial(df)),
         "<h2>Where the step time goes</h2>",
         '<p class="muted">Per profiled step, mean over ranks. Exposed communication: a '
         "collective is in flight and the rank computes nothing. Bubble: waiting for a pipeline "
         "neighbour, or idle. The black mark is the stopwatch's step time of the same steps; "
         "the parts add up to it.</p>",
-        _figure(figures.time_breakdown(measurements.step_breakdown(df))),
+        figure_html(figures.time_breakdown(measurements.step_breakdown(df))),
         "<h2>Memory: predicted vs measured</h2>",
         '<p class="muted">Bars: the analytic peak (ZeRO-paper model states, activations per '
         "Korthikanti et al.) of the rank predicted highest. Diamond: the measured peak it is "
         "compared with, like with like, named in the legend (CPU: tensors only, from the "
         "profiler's memory events; CUDA: the allocator's peak). Trials without that "
         "measurement (no profiled step on CPU) are left out.</p>",
-        _figure(figures.memory_vs_prediction(measurements.memory_prediction(df))),
+        figure_html(figures.memory_vs_prediction(measurements.memory_prediction(df))),
         _failure_section(df),
         "<h2>All trials</h2>",
         _table(df) if not df.empty else "<p>The sweep has no trials.</p>",
     ]
-    name = html.escape(summary.sweep_name)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>paratune: {name}</title>\n<style>{_CSS}</style>\n"
-        f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
-        "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
-    )
+    return page(f"paratune: {summary.sweep_name}", body)
 
 
 def write_report(study: optuna.Study, out_dir: str | os.PathLike[str]) -> Path:
