@@ -33,6 +33,8 @@ TUNER_RULES: dict[str, Rule] = {
     "sweep.allow_other_machine": Rule("bool"),
     "launcher.timeout_s": Rule("float", 0, 10**7, low_open=True),
     "launcher.max_ranks": Rule("int", 1, 2**20),
+    "launcher.mem_limit_gib": Rule("float", 0, 2**30),
+    "launcher.mem_reserve_gib": Rule("float", 0, 2**30),
     "run.out": Rule("str"),
     "export.out": _PATH,
 }

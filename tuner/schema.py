@@ -51,6 +51,12 @@ class SweepConfig:
 class LauncherConfig:
     timeout_s: float = 300.0  # wall-clock limit of one trial, start-up included
     max_ranks: int = 8  # most ranks started on this machine (CUDA: also at most one per GPU)
+    # memory the ranks of one trial may use together on CPU (0 = this machine's memory);
+    # a layout predicted to need more is pruned, never launched (tuner/feasibility.py)
+    mem_limit_gib: float = 0.0
+    # per rank, beyond the tensors the memory model counts: the runtime (CPU), the CUDA
+    # context and allocator slack (GPU)
+    mem_reserve_gib: float = 0.5
 
 
 @dataclass

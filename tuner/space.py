@@ -239,3 +239,13 @@ def effective_params(base: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
         items.insert(at, ("parallel.dp", data["parallel"]["dp"]))
         shown = dict(items)
     return shown
+
+
+def user_settings(overrides: list[str]) -> list[str]:
+    """The run settings the user typed (``key=value`` of a run section), as typed."""
+    out = []
+    for override in overrides:
+        key, sep, _ = override.removeprefix("++").partition("=")
+        if sep and not key.startswith(("+", "~")) and key.split(".")[0] in RUN_SECTIONS:
+            out.append(override.removeprefix("++"))
+    return out

@@ -13,10 +13,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
-from engine.validate import validate
 from tuner import space as space_mod
 from tuner.config import OBJECTIVES, PROFILED_OBJECTIVES, Loaded, replace_keys
-from tuner.launch import TrialOutcome, check_machine, run_trial
+from tuner.feasibility import MARGIN_ATTR, Infeasible, after_oom, runnable
+from tuner.launch import TrialOutcome, run_trial
 from tuner.outputs import (
     OutputError,
     check_dir,
@@ -119,6 +119,7 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     space = _space(cfg)
     searched = list(space.distributions)
     check_objectives(cfg, space)
+    _check_some_layout_runs(cfg, space)
     out = sweep_dir(cfg)
     # before the study and the first trial: a folder that cannot be written fails now, not
     # after an hour of measuring
@@ -178,6 +179,26 @@ def _space(cfg: Loaded) -> space_mod.SearchSpace:
     return space_mod.build(remaining, cfg.run)
 
 
+# enumerating more than this many configurations of a finite space before the first launch
+# would cost more than it saves; larger spaces are checked trial by trial only
+MAX_CHECKED_UP_FRONT = 5000
+
+
+def _check_some_layout_runs(cfg: Loaded, space: space_mod.SearchSpace) -> None:
+    """A space none of whose layouts can run stops here, with the reasons grouped."""
+    from tuner.feasibility import check_space_runs
+
+    if space.size is None or space.size > MAX_CHECKED_UP_FRONT:
+        return
+    seen, candidates = set(), []
+    for params in space.grid():
+        key = space_mod.layout_key(cfg.run, params)
+        if key not in seen:
+            seen.add(key)
+            candidates.append(replace_keys(cfg.run, params))
+    check_space_runs(candidates, cfg.launcher, space_mod.user_settings(cfg.overrides))
+
+
 def check_objectives(cfg: Loaded, space: space_mod.SearchSpace) -> None:
     """Refuse objectives that some trial of this sweep would not measure, before any launch."""
     needs = [o for o in cfg.sweep.objectives if o in PROFILED_OBJECTIVES]
@@ -197,14 +218,14 @@ def check_objectives(cfg: Loaded, space: space_mod.SearchSpace) -> None:
 
 def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -> str:
     run_cfg = replace_keys(cfg.run, trial.params)
+    margin = study.user_attrs.get(MARGIN_ATTR, 1.0)
     try:
-        run_cfg = validate(run_cfg)
-        check_machine(run_cfg, cfg.launcher)
-    except ConfigError as err:
-        trial.set_user_attr("fail_reason", "infeasible")
+        run_cfg = runnable(run_cfg, cfg.launcher, margin=margin)
+    except Infeasible as err:
+        trial.set_user_attr("fail_reason", err.reason)
         trial.set_user_attr("fail_detail", str(err))
         tell(study, trial, state=TrialState.PRUNED)
-        return f"pruned (infeasible: {err})"
+        return f"pruned ({err.reason}: {err})"
     t0 = time.monotonic()
     trial_dir = out / "trials" / f"{trial.number:04d}"
     if run_cfg.checkpoint.every:  # each trial saves into its own folder: save time is measured
@@ -230,6 +251,8 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
         outcome.reason = DISK_FULL
         record = lambda: _finish(study, trial, outcome, cfg.sweep.objectives)  # noqa: E731
         _stop_on_full_disk(study, trial, out, outcome.detail, record)
+    if outcome.reason == "oom":
+        outcome.detail += " " + after_oom(study, run_cfg, cfg.launcher, margin)
     return _finish(study, trial, outcome, cfg.sweep.objectives)
 
 
