@@ -36,6 +36,7 @@ from engine.config import (
     TrainConfig,
 )
 from engine.hooks import Measurement, timed_step
+from engine.mesh import Mesh
 from engine.recipe import GPTRecipe, LossFn, ModuleRecipe, PpSplit, Recipe, TpPlan
 from engine.recipe import token_cross_entropy as token_cross_entropy  # the default loss
 from engine.record import RankRecord
@@ -80,10 +81,16 @@ class EngineConfig:
 
 
 def _recipe(model: nn.Module | ModelConfig | Recipe, config: EngineConfig, **user) -> Recipe:
-    if isinstance(model, ModelConfig):
-        return GPTRecipe(model, seed=config.train.seed)
     if isinstance(model, nn.Module):
         return ModuleRecipe(model, **user)
+    given = [k for k, v in user.items() if v not in (None, token_cross_entropy)]
+    if given:  # a recipe, or the built-in GPT, answers these itself
+        raise ConfigError(
+            f"{given} describe a user's nn.Module, but `model` is a {type(model).__name__}; "
+            "pass them to ModuleRecipe, or pass the module itself."
+        )
+    if isinstance(model, ModelConfig):
+        return GPTRecipe(model, seed=config.train.seed)
     if isinstance(model, Recipe):
         return model
     raise ConfigError(
@@ -124,7 +131,7 @@ class Engine:
         self.tokens_per_row = self.cfg.model.seq_len
 
     @property
-    def mesh(self):
+    def mesh(self) -> Mesh:
         return self.trainer.mesh
 
     @property

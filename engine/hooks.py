@@ -119,7 +119,7 @@ class Measurement:
     def outside(self) -> Iterator[None]:
         """Work between steps that is no part of training (a checkpoint save, a loss report):
         left out of the profiled traffic and of the collective count."""
-        counting = self.counter is not None and self.calls_before is not None and self.prof
+        counting = self.counter is not None and self.prof is not None
         before = (self.counter.snapshot(), self.counter.inline_delays) if counting else None
         with record_function(comm.EXCLUDED_REGION):
             yield

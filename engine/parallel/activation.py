@@ -43,9 +43,3 @@ def checkpoint_module(block: nn.Module, mode: str) -> nn.Module:
     if mode == "selective":
         kw["context_fn"] = partial(create_selective_checkpoint_contexts, _policy)
     return checkpoint_wrapper(block, **kw)
-
-
-def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
-    """Wrap every block of ``model`` (a GPT or a pipeline stage) in place."""
-    for layer_id, block in list(model.layers.items()):
-        model.layers[layer_id] = checkpoint_module(block, mode)
