@@ -1,9 +1,11 @@
 """Builds this rank's share of the model for a layout, and the step function that trains it.
 
 Order (torchtitan's): pipeline split -> tensor parallel -> activation checkpointing -> FSDP2
-(ZeRO 2/3), all on the meta device; then this rank's shard is allocated and initialised by
-parameter name (engine.weights), so every layout starts from the reference's exact weights
-while no rank ever holds the whole model; then DDP / replicate, which need real tensors.
+(ZeRO 2/3); then this rank's shard is initialised; then DDP / replicate, which need real
+tensors. The model comes from a recipe (engine.recipe): the built-in GPT is built on the meta
+device and initialised by parameter name (engine.weights), so every layout starts from the
+reference's exact weights while no rank ever holds the whole model; a user's module brings
+its own weights.
 """
 
 from __future__ import annotations

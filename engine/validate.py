@@ -11,7 +11,6 @@ import dataclasses
 import math
 
 from engine.config import PP_SCHEDULES, ConfigError, RunConfig
-from engine.config import ZERO_STAGES as ZERO_STAGES  # re-exported: engine.api reads it here
 from engine.validate_values import check_run_values
 
 # Only torch-free modules above: the CLI validates a config before (and without) importing torch.

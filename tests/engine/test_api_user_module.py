@@ -145,6 +145,7 @@ def main(parallel: dict, out: Path) -> None:
 
         config = EngineConfig(cfg.parallel, cfg.train, cfg.measure, device="cpu")
         engine = Engine(for_engine, config, **user_recipe(for_engine))  # joins the group
+        assert not engine.ctx.owns_group and engine.ctx.local_world_size == ctx.local_world_size
         returned = []
         for step in range(STEPS):
             rows = data.shard(step, dp_rank=engine.dp_rank, dp=engine.mesh.dp)
