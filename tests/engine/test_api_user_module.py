@@ -18,7 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+)
 
 from engine import runner, runtime
 from engine.api import Engine, EngineConfig
@@ -51,11 +57,10 @@ class Block(nn.Module):
         self.up, self.down = nn.Linear(d, ff), nn.Linear(ff, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
         h = self.norm1(x)
-        q, k, v = (
-            p(h).view(B, T, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v)
-        )
+        q, k, v = (p(h) for p in (self.q, self.k, self.v))
+        B, T = q.shape[:2]  # the whole sequence, also where x is a shard of it (sp)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         x = x + self.o(y.transpose(1, 2).reshape(B, T, -1))
         return x + self.down(F.gelu(self.up(self.norm2(x))))
@@ -95,15 +100,31 @@ class Stage(nn.Module):
         return self.head(self.norm(x)) if self.head is not None else x
 
 
-TP_PLAN = {
-    **{f"blocks.*.{n}": ColwiseParallel() for n in ("q", "k", "v", "up")},
-    **{f"blocks.*.{n}": RowwiseParallel() for n in ("o", "down")},
-}
+def tp_plan(part: TinyLM | Stage, *, sequence_parallel: bool) -> dict:
+    """Megatron's split of each block; with sequence parallelism the norms and the residual
+    stream hold sequence shards, gathered before each column-parallel projection."""
+    seq = Shard(1) if sequence_parallel else Replicate()
+    plan: dict = {}
+    for i in range(len(part.blocks)):
+        for name in ("q", "k", "v", "up"):
+            plan[f"blocks.{i}.{name}"] = ColwiseParallel(input_layouts=seq)
+        for name in ("o", "down"):
+            plan[f"blocks.{i}.{name}"] = RowwiseParallel(output_layouts=seq)
+        if sequence_parallel:
+            plan[f"blocks.{i}.norm1"] = plan[f"blocks.{i}.norm2"] = SequenceParallel()
+    if sequence_parallel and part.emb is not None:  # the embeddings' output, cut to shards
+        plan["blocks.0"] = PrepareModuleInput(
+            input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=True
+        )
+    if sequence_parallel and part.head is not None:
+        plan["norm"] = SequenceParallel()
+        plan["head"] = ColwiseParallel(input_layouts=seq, output_layouts=Replicate())
+    return plan
 
 
 def user_recipe(model: TinyLM) -> dict:
     """What a user passes: the plan, the split, the blocks."""
-    return {"tp_plan": TP_PLAN, "pp_split": Stage, "shard_units": list(model.blocks)}
+    return {"tp_plan": tp_plan, "pp_split": Stage, "shard_units": list(model.blocks)}
 
 
 def reference_losses(model: TinyLM, data: SyntheticTokens, t: TrainConfig) -> list[float]:
@@ -184,6 +205,7 @@ def _run(tmp_path: Path, parallel: dict) -> dict:
 
 LAYOUTS = {
     "dp2-tp2": {"dp": 2, "tp": 2},
+    "tp2-sp": {"tp": 2, "sp": True},
     "pp2-interleaved": {"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_virtual_stages": 2},
 }
 
@@ -209,6 +231,8 @@ def test_user_module_through_engine_equals_runner_path(tmp_path, layout):
     # the runner's figures, measured on the user's run; model-shape figures left out, said why
     assert sorted(engine_result) == sorted(runner_result)
     assert engine_result["comm"] and engine_result["breakdown"] and engine_result["tokens_per_s"]
+    # sequence parallelism gathers the sequence shards; the other layouts never gather
+    assert ("all_gather" in engine_result["comm"]) == LAYOUTS[layout].get("sp", False)
     assert engine_result["n_params"] == out["n_params"]
     assert engine_result["mfu"] is None and "mfu" in engine_result["not_measured"]
 
