@@ -142,11 +142,13 @@ def reference_losses(model: TinyLM, data: SyntheticTokens, t: TrainConfig) -> li
     return losses
 
 
-def main(parallel: dict, out: Path) -> None:
+def main(layout: dict, out: Path) -> None:
     cfg = RunConfig(
         model=ModelConfig(name="user:TinyLM", vocab_size=VOCAB, seq_len=SEQ),
-        parallel=ParallelConfig(**parallel),
-        train=TrainConfig(steps=STEPS, warmup_steps=1, global_batch=8, micro_batch=2),
+        parallel=ParallelConfig(**layout["parallel"]),
+        train=TrainConfig(
+            steps=STEPS, warmup_steps=1, global_batch=8, micro_batch=2, **layout["train"]
+        ),
         measure=MeasureConfig(profile_steps=1),
         device="cpu",
     )
@@ -187,15 +189,10 @@ def main(parallel: dict, out: Path) -> None:
         out.write_text(json.dumps(record, allow_nan=True))
 
 
-def _run(tmp_path: Path, parallel: dict) -> dict:
+def _run(tmp_path: Path, parallel: dict, train: dict) -> dict:
     out = tmp_path / "out.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "tests.engine.test_api_user_module",
-        json.dumps(parallel),
-        str(out),
-    ]
+    layout = json.dumps({"parallel": parallel, "train": train})
+    cmd = [sys.executable, "-m", "tests.engine.test_api_user_module", layout, str(out)]
     nproc = parallel.get("dp", 1) * parallel.get("tp", 1) * parallel.get("pp", 1)
     res = launch(cmd, nproc=nproc, log_dir=tmp_path, timeout_s=600)
     logs = "\n".join(p.read_text() for p in res.log_paths)
@@ -203,10 +200,16 @@ def _run(tmp_path: Path, parallel: dict) -> dict:
     return json.loads(out.read_text())
 
 
+# id -> (parallel section, train overrides)
 LAYOUTS = {
-    "dp2-tp2": {"dp": 2, "tp": 2},
-    "tp2-sp": {"tp": 2, "sp": True},
-    "pp2-interleaved": {"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_virtual_stages": 2},
+    "dp2-tp2": ({"dp": 2, "tp": 2}, {}),
+    "tp2-sp": ({"tp": 2, "sp": True}, {}),
+    "pp2-interleaved": (
+        {"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_virtual_stages": 2},
+        {},
+    ),
+    # the user's blocks as FSDP2 units, each checkpointed
+    "zero3-dp2-ac": ({"dp": 2, "zero": 3}, {"activation_checkpointing": "selective"}),
 }
 
 
@@ -217,7 +220,8 @@ def _importable(monkeypatch):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_user_module_through_engine_equals_runner_path(tmp_path, layout):
-    out = _run(tmp_path, LAYOUTS[layout])
+    parallel, train = LAYOUTS[layout]
+    out = _run(tmp_path, parallel, train)
     runner_result, engine_result = out["runner"], out["engine"]
     assert runner_result["status"] == engine_result["status"] == "ok"
     torch.testing.assert_close(
@@ -231,8 +235,9 @@ def test_user_module_through_engine_equals_runner_path(tmp_path, layout):
     # the runner's figures, measured on the user's run; model-shape figures left out, said why
     assert sorted(engine_result) == sorted(runner_result)
     assert engine_result["comm"] and engine_result["breakdown"] and engine_result["tokens_per_s"]
-    # sequence parallelism gathers the sequence shards; the other layouts never gather
-    assert ("all_gather" in engine_result["comm"]) == LAYOUTS[layout].get("sp", False)
+    # sequence parallelism gathers sequence shards, ZeRO-3 parameters; the others never gather
+    gathers = parallel.get("sp", False) or parallel.get("zero", 0) == 3
+    assert ("all_gather" in engine_result["comm"]) == gathers
     assert engine_result["n_params"] == out["n_params"]
     assert engine_result["mfu"] is None and "mfu" in engine_result["not_measured"]
 
