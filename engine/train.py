@@ -1,8 +1,11 @@
-"""The training loop of one rank: warmup steps, then measured steps, then per-rank records."""
+"""The training loop of one rank: warmup steps, then measured steps, then per-rank records.
+
+The step itself is ``engine.step.TrainStep`` (shared with ``engine.Engine``); what surrounds
+it (measurements, checkpoints, injected faults) is ``engine.hooks``.
+"""
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 
 from engine.config import RunConfig
@@ -16,8 +19,6 @@ from engine.runtime import DistContext
 from engine.step import MAX_CONSECUTIVE_SKIPS as MAX_CONSECUTIVE_SKIPS
 from engine.step import Diverged as Diverged
 from engine.step import TrainStep
-
-log = logging.getLogger(__name__)
 
 
 def train(cfg: RunConfig, ctx: DistContext, recipe: Recipe | None = None) -> RankRecord:
