@@ -1,203 +1,216 @@
-"""Library use: train your own ``nn.Module`` with data parallelism, ZeRO and tensor parallelism.
+"""Library use: train your own ``nn.Module`` (or the built-in GPT) with any layout the runner
+has, through the runner's own step, and get the runner's figures for it.
 
-    engine = Engine(model, EngineConfig(parallel=ParallelConfig(dp=2, zero=3)))
+    config = EngineConfig(
+        parallel=ParallelConfig(dp=2, zero=3),
+        train=TrainConfig(global_batch=16, micro_batch=4, lr=1e-3),
+    )
+    engine = Engine(model, config)
     for inputs, targets in my_batches:          # this data-parallel rank's rows
         loss = engine.train_batch((inputs, targets))
+    result = engine.result()                    # rank 0: the run's result, as the runner's
 
 Run it under torchrun (or any launcher that sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT), with
-dp * tp * pp processes. Tensor parallelism needs a plan for the model's layers (``tp_plan``:
-module name -> DTensor ParallelStyle, as for ``parallelize_module``); pipeline parallelism
-needs a split (``pp_split(model, stage, n_stages) -> the stage's module``, whose outputs feed
-the next stage's forward) and runs ``parallel.pp_schedule``.
+dp * tp * pp processes; a process group initialised beforehand is joined as it is. Tensor
+parallelism needs a plan for the model's layers (``tp_plan``), pipeline parallelism a split
+(``pp_split(model, stage, n_stages)``); see ``engine.recipe.ModuleRecipe``. Pass a
+``ModelConfig`` instead of a module to train the built-in GPT.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed.pipelining import PipelineStage
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import parallelize_module
 
-from engine import runtime
-from engine.config import PRECISIONS, ConfigError, ParallelConfig, RunConfig
-from engine.mesh import Mesh, build_mesh
-from engine.parallel import data as dp_wrap
-from engine.parallel.grad_norm import clip_, total_norm
-from engine.parallel.pipeline import SCHEDULES
-from engine.precision import Precision
-from engine.validate import ZERO_STAGES
+from engine import runner, runtime
+from engine.config import (
+    ConfigError,
+    MeasureConfig,
+    ModelConfig,
+    ParallelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from engine.hooks import Measurement, timed_step
+from engine.mesh import Mesh
+from engine.recipe import GPTRecipe, LossFn, ModuleRecipe, PpSplit, Recipe, TpPlan
+from engine.recipe import token_cross_entropy as token_cross_entropy  # the default loss
+from engine.record import RankRecord
+from engine.state import gather_full_state
+from engine.step import Diverged, TrainStep
+from engine.validate import validate
 
-
-def _contains(root: nn.Module, module: nn.Module) -> bool:
-    return any(m is module for m in root.modules())
-
-
-def token_cross_entropy(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Default loss: mean cross-entropy of (B, T, vocab) logits against (B, T) token ids."""
-    return F.cross_entropy(output.float().flatten(0, -2), targets.flatten())
+# figures the result derives from the GPT's shape (FLOPs, memory model, analytic traffic):
+# a user's module has no such model, so they are not reported for it
+_SHAPE_FIGURES = (
+    "flops_per_token",
+    "mfu",
+    "hfu",
+    "predicted_peak_mem_bytes",
+    "predicted_peak_mem_bytes_per_rank",
+    "mem_breakdown",
+    "mem_prediction_error",
+    "comm_bytes_analytic",
+)
 
 
 @dataclass
 class EngineConfig:
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # dp, tp, zero
-    micro_batch: int = 0  # rows per forward/backward; 0 = the whole batch at once
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    grad_clip: float = 0.0  # 0 = no clipping
-    pp_microbatches: int = 2  # micro-batches per step under pipeline parallelism
-    device: str = "auto"
+    """The runner's config sections that apply to a library run. ``train.global_batch`` rows
+    make one step over all data-parallel ranks (each passes global_batch / dp of them);
+    ``train.steps`` steps (``warmup_steps`` of them unmeasured) make the measured run that
+    ``Engine.result`` reports; training may go on beyond them."""
 
-    def check(self, world_size: int) -> None:
-        p = self.parallel
-        if p.zero not in ZERO_STAGES:
-            raise ConfigError(f"`parallel.zero` must be one of {ZERO_STAGES}, got {p.zero}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"`precision` must be one of {PRECISIONS}, got {self.precision!r}.")
-        if p.n_ranks != world_size:
-            raise ConfigError(
-                f"parallel.dp * parallel.tp * parallel.pp = {p.n_ranks}, but {world_size} "
-                "processes run."
-            )
-        if p.pp > 1 and SCHEDULES[p.pp_schedule].placement != "single":
-            raise ConfigError(
-                "library use runs one pipeline stage per rank; valid parallel.pp_schedule: "
-                f"{[k for k, v in SCHEDULES.items() if v.placement == 'single']}."
-            )
-        if p.zero == 1 and (p.tp > 1 or p.pp > 1):
-            raise ConfigError("`parallel.zero=1` cannot combine with tp or pp; use zero 0, 2, 3.")
-        if self.precision == "fp16" and p.pp > 1:
-            raise ConfigError("fp16 loss scaling is not offered with a user's pipeline; use bf16.")
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+    def run_config(self, model: ModelConfig) -> RunConfig:
+        return RunConfig(
+            model=model,
+            parallel=self.parallel,
+            train=self.train,
+            measure=self.measure,
+            device=self.device,
+        )
+
+
+def _recipe(model: nn.Module | ModelConfig | Recipe, config: EngineConfig, **user) -> Recipe:
+    if isinstance(model, nn.Module):
+        return ModuleRecipe(model, **user)
+    given = [k for k, v in user.items() if v not in (None, token_cross_entropy)]
+    if given:  # a recipe, or the built-in GPT, answers these itself
+        raise ConfigError(
+            f"{given} describe a user's nn.Module, but `model` is a {type(model).__name__}; "
+            "pass them to ModuleRecipe, or pass the module itself."
+        )
+    if isinstance(model, ModelConfig):
+        return GPTRecipe(model, seed=config.train.seed)
+    if isinstance(model, Recipe):
+        return model
+    raise ConfigError(
+        f"`model` must be an nn.Module, a ModelConfig or a Recipe, but got {type(model)}."
+    )
 
 
 class Engine:
-    """Wraps a model for its layout and trains it one global batch at a time."""
+    """A model laid out for ``config.parallel``, trained one global batch at a time."""
 
     def __init__(
         self,
-        model: nn.Module,
-        config: EngineConfig,
+        model: nn.Module | ModelConfig | Recipe,
+        config: EngineConfig | None = None,
         *,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = token_cross_entropy,
-        tp_plan: dict | None = None,
-        pp_split: Callable[[nn.Module, int, int], nn.Module] | None = None,
+        loss_fn: LossFn = token_cross_entropy,
+        tp_plan: TpPlan | None = None,
+        pp_split: PpSplit | None = None,
         shard_units: list[nn.Module] | None = None,
     ) -> None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        config.check(world)
-        run = RunConfig(
-            parallel=dataclasses.replace(config.parallel, world_size=0), device=config.device
+        config = config or EngineConfig()
+        self.recipe = _recipe(
+            model, config, loss_fn=loss_fn, tp_plan=tp_plan, pp_split=pp_split, units=shard_units
         )
-        self.ctx = runtime.init(run) if not dist.is_initialized() else self._joined(run)
-        self.mesh: Mesh = build_mesh(config.parallel, self.ctx)
-        self.config, self.loss_fn = config, loss_fn
-        self.schedule = None
-        if self.mesh.pp > 1:
-            if pp_split is None:
-                raise ConfigError("`parallel.pp` > 1 needs `pp_split` for this model.")
-            model = pp_split(model, self.mesh.pp_rank, self.mesh.pp)
-            shard_units = [u for u in shard_units or [] if _contains(model, u)]
-        model = model.to(self.ctx.device)
-        if self.mesh.tp > 1:
-            if not tp_plan:
-                raise ConfigError("`parallel.tp` > 1 needs `tp_plan` for this model's layers.")
-            parallelize_module(model, self.mesh.sub("tp"), tp_plan)
-        self.model = dp_wrap.apply_data_parallel(
-            model,
-            config.parallel,
-            self.mesh,
-            device=self.ctx.device,
-            precision=config.precision,
-            units=shard_units or [],
-        )
-        if self.mesh.pp > 1:
-            stage = PipelineStage(
-                self.model,
-                self.mesh.pp_rank,
-                self.mesh.pp,
-                self.ctx.device,
-                group=self.mesh.group("pp"),
-            )
-            self.schedule = SCHEDULES[config.parallel.pp_schedule].cls(
-                stage, n_microbatches=config.pp_microbatches, loss_fn=loss_fn, scale_grads=True
-            )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.precision = Precision(config.precision, self.ctx.device)
-        self.optimizer = dp_wrap.make_optimizer(
-            self.params,
-            config.parallel,
-            self.mesh,
-            lr=config.lr,
-            betas=config.betas,
-            weight_decay=config.weight_decay,
-        )
+        user = self.recipe.model_config is None
+        # a user's module: the model section only names it (no GPT shape to check or count)
+        name = getattr(self.recipe, "name", type(self.recipe).__name__)
+        shape = ModelConfig(name=f"user:{name}") if user else self.recipe.model_config
+        counted = user and isinstance(model, nn.Module)  # before parallelism replaces anything
+        self.n_params = sum(p.numel() for p in model.parameters()) if counted else None
+        self.cfg = validate(config.run_config(shape), model_shape=not user)
+        self.ctx = runtime.init(self.cfg)
+        self.trainer = TrainStep.build(self.cfg, self.ctx, self.recipe)
+        self.record = RankRecord(rank=self.ctx.rank, has_loss=self.trainer.stepper.has_loss)
+        self.measure = Measurement(self.cfg, self.ctx, self.trainer, self.record)
+        self.peak = runner.resolve_peak(self.cfg, self.ctx.device) if self.ctx.is_main else None
+        self.steps = 0
+        self.tokens_per_row = self.cfg.model.seq_len
 
-    @staticmethod
-    def _joined(run: RunConfig) -> runtime.DistContext:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        device = runtime.resolve_device(run.device, local)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        return runtime.DistContext(rank, world, local, world, device, backend, True)
+    @property
+    def mesh(self) -> Mesh:
+        return self.trainer.mesh
 
     @property
     def dp_rank(self) -> int:
         return self.mesh.dp_rank
 
-    def _pipeline_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        losses: list[torch.Tensor] = []
-        first, last = self.mesh.first_stage, self.mesh.last_stage
-        with self.precision.autocast():
-            args = (inputs,) if first else ()
-            kwargs = {"target": targets, "losses": losses} if last else {}
-            self.schedule.step(*args, **kwargs)
-        total = torch.zeros((), device=self.ctx.device)
-        if last:
-            total = torch.stack([v.detach().float() for v in losses]).mean()
-        # every stage returns the loss: the last stage sends it back along the pipeline
-        dist.broadcast(total, group=self.mesh.group("pp"), group_src=self.mesh.pp - 1)
-        return total
+    @property
+    def modules(self) -> list[nn.Module]:
+        """This rank's model parts (one; several with interleaved pipeline schedules)."""
+        return self.trainer.modules
 
     def train_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
-        """One optimizer step on this rank's (inputs, targets); returns the mean loss over all
-        data-parallel ranks. Under pipeline parallelism every stage passes the batch; the first
-        stage uses the inputs, the last the targets."""
-        inputs, targets = (t.to(self.ctx.device) for t in batch)
-        if self.schedule is not None:
-            return self._finish_step(self._pipeline_step(inputs, targets))
-        size = self.config.micro_batch or inputs.shape[0]
-        chunks = list(zip(inputs.split(size), targets.split(size)))
-        total = torch.zeros((), device=self.ctx.device)
-        for i, (x, y) in enumerate(chunks):
-            with dp_wrap.no_sync(self.model, last_micro_batch=i == len(chunks) - 1):
-                with self.precision.autocast():
-                    out = self.model(x)
-                loss = self.loss_fn(out, y) / len(chunks)
-                self.precision.scale(loss).backward()
-            part = loss.detach()
-            total += part.full_tensor() if isinstance(part, DTensor) else part
-        return self._finish_step(total)
+        """One optimizer step on this data-parallel rank's (inputs, targets) rows; returns the
+        mean loss over all data-parallel ranks. Under pipeline parallelism every stage passes
+        the batch; the first stage uses the inputs, the last the targets. Raises ``Diverged``
+        when the loss or gradients became NaN/inf for good."""
+        inputs, targets = batch
+        rows = self.cfg.train.global_batch // self.mesh.dp
+        if inputs.shape[0] != rows or targets.shape[0] != rows:
+            raise ConfigError(
+                f"`train_batch` takes this rank's train.global_batch / parallel.dp = {rows} rows, "
+                f"but got inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)}."
+            )
+        if self.recipe.model_config is None:  # throughput counts positions of token inputs
+            token_ids = inputs.ndim >= 2 and not inputs.is_floating_point()
+            self.tokens_per_row = inputs.shape[1] if token_ids else 1
+        step, device, size = self.steps, self.ctx.device, self.cfg.train.micro_batch
 
-    def _finish_step(self, total: torch.Tensor) -> float:
-        self.precision.unscale(self.optimizer)
-        norm = total_norm(self.params, self.mesh, self.ctx.device)
-        clip_(self.params, norm, self.config.grad_clip)
-        self.precision.step(self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
-        group = self.mesh.group("dp")
-        if group is not None:
-            dist.all_reduce(total, group=group)
+        def load() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            pairs = zip(inputs.split(size), targets.split(size), strict=True)
+            return [(x.to(device), y.to(device)) for x, y in pairs]
+
+        loss, update = timed_step(self.measure, self.trainer, step, load)
+        diverged = self.measure.note(step, loss, update)
+        with self.measure.outside():  # the report is no part of the measured step
+            mean = self._global_mean(loss)
+        self.measure.after(step)
+        self.steps += 1
+        if diverged:
+            raise Diverged(f"loss diverged (NaN/inf) at step {step}")
+        return mean
+
+    def _global_mean(self, loss: torch.Tensor | None) -> float:
+        total = torch.zeros((), device=self.ctx.device) if loss is None else loss.float().clone()
+        if self.mesh.pp > 1:  # the last stage holds the loss; send it back along the pipeline
+            dist.broadcast(total, group=self.mesh.group("pp"), group_src=self.mesh.pp - 1)
+        if self.mesh.dp > 1:
+            dist.all_reduce(total, group=self.mesh.group("dp"))
             total /= self.mesh.dp
         return total.item()
 
+    def result(self) -> dict | None:
+        """The runner's result for the first ``train.steps`` steps: every rank calls it, rank
+        0 gets the result, the others None."""
+        if self.steps < self.cfg.train.steps:
+            raise ConfigError(
+                f"the result covers train.steps={self.cfg.train.steps} steps, but "
+                f"{self.steps} ran; call train_batch until then, or lower train.steps."
+            )
+        self.measure.finish()
+        model = dataclasses.replace(self.cfg.model, seq_len=self.tokens_per_row)
+        cfg = dataclasses.replace(self.cfg, model=model)
+        result = runner.collect(cfg, self.record, self.ctx, peak=self.peak)
+        if result is not None and self.recipe.model_config is None:
+            _user_module_figures(result, n_params=self.n_params)
+        return result
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter, unsharded, on every rank (every rank calls it)."""
+        return gather_full_state(self.modules, initialized=self.ctx.initialized)
+
     def close(self) -> None:
         runtime.close(self.ctx)
+
+
+def _user_module_figures(result: dict, *, n_params: int | None) -> None:
+    why = "a user's module: the engine has no FLOP, memory or traffic model of it"
+    result["n_params"] = n_params  # the module's own count, not the GPT's
+    for key in _SHAPE_FIGURES:
+        if key in result:
+            result[key] = None
+            result.setdefault("not_measured", {})[key] = why

@@ -1,72 +1,82 @@
 """Builds this rank's share of the model for a layout, and the step function that trains it.
 
 Order (torchtitan's): pipeline split -> tensor parallel -> activation checkpointing -> FSDP2
-(ZeRO 2/3), all on the meta device; then this rank's shard is allocated and initialised by
-parameter name (engine.weights), so every layout starts from the reference's exact weights
-while no rank ever holds the whole model; then DDP / replicate, which need real tensors.
+(ZeRO 2/3); then this rank's shard is initialised; then DDP / replicate, which need real
+tensors. The model comes from a recipe (engine.recipe): the built-in GPT is built on the meta
+device and initialised by parameter name (engine.weights), so every layout starts from the
+reference's exact weights while no rank ever holds the whole model; a user's module brings
+its own weights.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
 
-from engine import weights
 from engine.config import RunConfig
 from engine.mesh import Mesh
 from engine.metrics.timeline import BACKWARD, FORWARD, Phases
 from engine.model import GPT
 from engine.parallel import data as dp_wrap
 from engine.parallel import pipeline as pp_mod
-from engine.parallel.activation import apply_activation_checkpointing
-from engine.parallel.tensor import apply_tensor_parallel, loss_context
+from engine.parallel.activation import checkpoint_module
+from engine.parallel.tensor import full_tensor_of, loss_context
 from engine.precision import Precision
+from engine.recipe import GPTRecipe, LossFn, Recipe, token_cross_entropy
 from engine.validate import stages_per_rank
 
 Batch = list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) micro-batches, (B, T) each
 
 
+def gpt_recipe(cfg: RunConfig) -> GPTRecipe:
+    """The run's built-in GPT, initialised from ``train.seed``."""
+    return GPTRecipe(cfg.model, seed=cfg.train.seed)
+
+
 def build_model(cfg: RunConfig, device: torch.device) -> GPT:
     """The whole model with the run's initial weights (what every layout's shards add up to)."""
-    with torch.device("meta"):
-        model = GPT(cfg.model)
-    weights.materialize(
-        model, weights.param_owners(model), cfg=cfg.model, seed=cfg.train.seed, device=device
-    )
+    recipe = gpt_recipe(cfg)
+    model = recipe.part(0, 1)
+    recipe.prepare(model, device)(model)
     return model
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 class PipelineLoss:
     """The schedule's loss function. ``scale``: fp16 loss scale (the schedule runs backward
     itself, so scaling happens here); ``corrupt`` makes it NaN (debug.nan_at_step)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loss_fn: LossFn = token_cross_entropy) -> None:
+        self.loss_fn = loss_fn
         self.corrupt = False
         self.scale = 1.0
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = cross_entropy(logits, targets) * self.scale
+    def __call__(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(output, targets) * self.scale
         return loss * float("nan") if self.corrupt else loss
 
 
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if isinstance(t, DTensor) else t
+def _checkpoint_blocks(part: nn.Module, recipe: Recipe, mode: str) -> list[nn.Module]:
+    """Wrap the recipe's blocks of ``part`` for activation checkpointing, in place; returns
+    the blocks as they now are (FSDP2's units)."""
+    units = []
+    for parent, name in recipe.blocks(part):
+        block = checkpoint_module(getattr(parent, name), mode)
+        setattr(parent, name, block)
+        units.append(block)
+    return units
 
 
-def _shard(module: GPT, cfg: RunConfig, mesh: Mesh, device: torch.device) -> nn.Module:
-    """Parallelise a meta-device GPT (or stage), then materialise this rank's share of it."""
-    owners = weights.param_owners(module)  # names before wrappers rename or replace anything
+def _shard(
+    part: nn.Module, recipe: Recipe, cfg: RunConfig, mesh: Mesh, device: torch.device
+) -> nn.Module:
+    """Parallelise a model part (meta or real), then initialise this rank's share of it."""
+    initialise = recipe.prepare(part, device)
     if mesh.tp > 1:
-        apply_tensor_parallel(module, mesh.sub("tp"), sequence_parallel=cfg.parallel.sp)
-    apply_activation_checkpointing(module, cfg.train.activation_checkpointing)
+        recipe.tensor_parallel(part, mesh.sub("tp"), sequence_parallel=cfg.parallel.sp)
+    units = _checkpoint_blocks(part, recipe, cfg.train.activation_checkpointing)
 
     def wrap(m: nn.Module) -> nn.Module:
         return dp_wrap.apply_data_parallel(
@@ -76,15 +86,16 @@ def _shard(module: GPT, cfg: RunConfig, mesh: Mesh, device: torch.device) -> nn.
             device=device,
             precision=cfg.train.precision,
             reduce_dtype=cfg.train.reduce_dtype,
+            units=units,
         )
 
     # FSDP2 shards meta parameters, so only the shard is ever allocated; DDP and replicate
     # keep every parameter anyway, and DDP broadcasts real values when it wraps
     at_rest_sharded = mesh.dp > 1 and cfg.parallel.zero >= 2
     if at_rest_sharded:
-        module = wrap(module)
-    weights.materialize(module, owners, cfg=cfg.model, seed=cfg.train.seed, device=device)
-    return module if at_rest_sharded else wrap(module)
+        part = wrap(part)
+    initialise(part)
+    return part if at_rest_sharded else wrap(part)
 
 
 @dataclass
@@ -95,6 +106,9 @@ class Stepper:
     precision: Precision
     tp: int
     phases: Phases  # marks forward and backward on the profiler's timeline
+    loss_fn: LossFn = token_cross_entropy
+    # entered around forward and backward: the GPT's loss on vocabulary shards under tp
+    loss_context: Callable = field(default=loss_context)
 
     @property
     def has_loss(self) -> bool:
@@ -107,16 +121,16 @@ class Stepper:
         model, total = self.modules[0], None
         for i, (x, y) in enumerate(micro):
             last = i == len(micro) - 1
-            with dp_wrap.no_sync(model, last_micro_batch=last), loss_context(self.tp):
+            with dp_wrap.no_sync(model, last_micro_batch=last), self.loss_context(self.tp):
                 with self.phases(FORWARD):
                     with self.precision.autocast():
-                        logits = model(x)  # (B, T, vocab)
-                    loss = cross_entropy(logits, y) / len(micro)
+                        out = model(x)  # the GPT's: (B, T, vocab) logits
+                    loss = self.loss_fn(out, y) / len(micro)
                     if corrupt:
                         loss = loss * float("nan")
                 with self.phases(BACKWARD):
                     self.precision.scale(loss).backward()
-            part = _plain(loss.detach())
+            part = full_tensor_of(loss.detach())
             total = part if total is None else total + part
         return total
 
@@ -124,7 +138,7 @@ class Stepper:
 @dataclass
 class PipelineStepper(Stepper):
     schedule: object = None
-    loss_fn: PipelineLoss | None = None
+    pipeline_loss: PipelineLoss | None = None
     first: bool = False
     last: bool = False
 
@@ -136,65 +150,72 @@ class PipelineStepper(Stepper):
         x = torch.cat([m[0] for m in micro]) if self.first else None
         y = torch.cat([m[1] for m in micro]) if self.last else None
         losses: list[torch.Tensor] = []
-        self.loss_fn.corrupt = corrupt
-        self.loss_fn.scale = self.precision.loss_scale or 1.0
+        self.pipeline_loss.corrupt = corrupt
+        self.pipeline_loss.scale = self.precision.loss_scale or 1.0
         # the schedule interleaves forward and backward: its backward passes are told apart on
         # the timeline by the autograd engine's own ranges (metrics.timeline)
-        with loss_context(self.tp), self.precision.autocast(), self.phases(FORWARD):
+        with self.loss_context(self.tp), self.precision.autocast(), self.phases(FORWARD):
             kwargs = {"target": y, "losses": losses} if self.last else {}
             args = (x,) if self.first else ()
             self.schedule.step(*args, **kwargs)
         if not self.last:
             return None
-        losses = [_plain(v.detach()).float() / self.loss_fn.scale for v in losses]
+        losses = [full_tensor_of(v.detach()).float() / self.pipeline_loss.scale for v in losses]
         return torch.stack(losses).mean()
 
 
-def build_parts(cfg: RunConfig, mesh: Mesh, device: torch.device) -> list[tuple[int, nn.Module]]:
+def n_stages(cfg: RunConfig) -> int:
+    p = cfg.parallel
+    return p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages) if p.pp > 1 else 1
+
+
+def build_parts(
+    cfg: RunConfig, mesh: Mesh, device: torch.device, recipe: Recipe | None = None
+) -> list[tuple[int, nn.Module]]:
     """(stage id, module) of every model part this rank runs, parallelised and initialised:
-    the whole model's share (stage 0 of 1) without pipeline parallelism."""
+    the whole model's share (stage 0 of 1) without pipeline parallelism. ``recipe``: the
+    model (default: the run's GPT)."""
+    recipe = recipe or gpt_recipe(cfg)
     torch.manual_seed(cfg.train.seed)  # anything else random starts alike on every rank
-    p = cfg.parallel
-    if mesh.pp == 1:
-        with torch.device("meta"):
-            model = GPT(cfg.model)
-        return [(0, _shard(model, cfg, mesh, device))]
-    n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
-    layers = pp_mod.split_layers(cfg.model, n_stages)
-    ids = pp_mod.local_stage_ids(mesh.pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    parts = []
-    for sid in ids:
-        stage = pp_mod.stage_module(
-            cfg.model, layers[sid], first=sid == 0, last=sid == n_stages - 1
-        )
-        parts.append((sid, _shard(stage, cfg, mesh, device)))
-    return parts
+    p, total = cfg.parallel, n_stages(cfg)
+    ids = [0]
+    if mesh.pp > 1:
+        ids = pp_mod.local_stage_ids(mesh.pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+    return [(sid, _shard(recipe.part(sid, total), recipe, cfg, mesh, device)) for sid in ids]
 
 
-def build(cfg: RunConfig, mesh: Mesh, device: torch.device, precision: Precision) -> Stepper:
-    parts = build_parts(cfg, mesh, device)
-    if mesh.pp == 1:
-        return Stepper([parts[0][1]], precision, mesh.tp, Phases(device))
-    p = cfg.parallel
-    n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
-    ids = [sid for sid, _ in parts]
+def build(
+    cfg: RunConfig,
+    mesh: Mesh,
+    device: torch.device,
+    precision: Precision,
+    recipe: Recipe | None = None,
+) -> Stepper:
+    recipe = recipe or gpt_recipe(cfg)
+    parts = build_parts(cfg, mesh, device, recipe)
     modules = [part for _, part in parts]
+    loss = {"loss_fn": recipe.loss, "loss_context": recipe.loss_context}
+    if mesh.pp == 1:
+        return Stepper(modules, precision, mesh.tp, Phases(device), **loss)
+    p, total = cfg.parallel, n_stages(cfg)
+    ids = [sid for sid, _ in parts]
     stages = [
-        pp_mod.make_stage(
-            part, stage_id=sid, n_stages=n_stages, device=device, group=mesh.group("pp")
-        )
+        pp_mod.make_stage(part, stage_id=sid, n_stages=total, device=device, group=mesh.group("pp"))
         for sid, part in parts
     ]
     n_micro = cfg.train.global_batch // (p.dp * cfg.train.micro_batch)
-    loss_fn = PipelineLoss()
-    schedule = pp_mod.make_schedule(p.pp_schedule, stages, n_microbatches=n_micro, loss_fn=loss_fn)
+    pipeline_loss = PipelineLoss(recipe.loss)
+    schedule = pp_mod.make_schedule(
+        p.pp_schedule, stages, n_microbatches=n_micro, loss_fn=pipeline_loss
+    )
     return PipelineStepper(
         modules,
         precision,
         mesh.tp,
         Phases(device),
+        **loss,
         schedule=schedule,
-        loss_fn=loss_fn,
+        pipeline_loss=pipeline_loss,
         first=0 in ids,
-        last=n_stages - 1 in ids,
+        last=total - 1 in ids,
     )

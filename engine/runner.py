@@ -54,19 +54,25 @@ def _gather(record: RankRecord, ctx: runtime.DistContext) -> list[RankRecord]:
     return [r for r in records if r is not None]
 
 
+def collect(
+    cfg: RunConfig, record: RankRecord, ctx: runtime.DistContext, *, peak: Peak | None
+) -> dict | None:
+    """The run's result from every rank's record (all ranks call it; rank 0 gets the result,
+    the others None). ``peak``: ``resolve_peak``'s, taken before training."""
+    records = _gather(record, ctx)
+    if not ctx.is_main:
+        return None
+    return build_result(cfg, records, peak=peak or measured_peak(cfg), device=ctx.device)
+
+
 def run(cfg: RunConfig) -> dict | None:
     """Run this rank; rank 0 returns (and writes, if ``cfg.out``) the result, others None."""
     cfg = validate(cfg)
     ctx = runtime.init(cfg)
     try:
         peak = resolve_peak(cfg, ctx.device) if ctx.is_main else None
-        record = train(cfg, ctx)
-        records = _gather(record, ctx)
-        if not ctx.is_main:
-            return None
-        peak = peak or measured_peak(cfg)
-        result = build_result(cfg, records, peak=peak, device=ctx.device)
-        if cfg.out:
+        result = collect(cfg, train(cfg, ctx), ctx, peak=peak)
+        if result is not None and cfg.out:
             write_json_atomic(cfg.out, result)
         return result
     finally:

@@ -31,6 +31,7 @@ class DistContext:
     initialized: bool
     # collectives counted at the process-group API (measure.count_calls / debug.comm_delay_ms)
     call_counter: instrumented_group.CallCounter | None = None
+    owns_group: bool = True  # False: joined a group the caller made, and the caller closes it
 
     @property
     def is_main(self) -> bool:
@@ -86,10 +87,12 @@ def _loopback_store(
 
 
 def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
-    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, if any."""
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, if any;
+    a group the caller initialised already is joined as it is."""
     env = os.environ
-    world = int(env.get("WORLD_SIZE", "1"))
-    rank = int(env.get("RANK", "0"))
+    joined = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if joined else int(env.get("WORLD_SIZE", "1"))
+    rank = dist.get_rank() if joined else int(env.get("RANK", "0"))
     local_rank = int(env.get("LOCAL_RANK", str(rank)))
     local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
     if world != cfg.parallel.n_ranks:
@@ -99,18 +102,28 @@ def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
         )
     device = resolve_device(cfg.device, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = str(dist.get_backend()) if joined else backend
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(cpu_threads(local_world))
-    initialized = "MASTER_ADDR" in env
-    counter = None
-    if (cfg.debug.comm_delay_ms or cfg.measure.count_calls) and device.type == "cuda":
+    instrumented = bool(cfg.debug.comm_delay_ms or cfg.measure.count_calls)
+    if instrumented and device.type == "cuda":
         raise ConfigError(
             "`debug.comm_delay_ms` and `measure.count_calls` wrap gloo process groups and work "
             "on CPU only, but this run is on CUDA; set device=cpu or leave them unset."
         )
-    if initialized and (cfg.debug.comm_delay_ms or cfg.measure.count_calls):
+    if joined:
+        if instrumented:
+            raise ConfigError(
+                "`debug.comm_delay_ms` and `measure.count_calls` wrap the process group when "
+                "the engine creates it, but this process initialised it already; leave them "
+                "unset, or let the engine join the group (no init_process_group beforehand)."
+            )
+        return DistContext(rank, world, local_rank, local_world, device, backend, True, None, False)
+    initialized = "MASTER_ADDR" in env
+    counter = None
+    if initialized and instrumented:
         counter = instrumented_group.register(delay_s=cfg.debug.comm_delay_ms / 1000)
     if initialized:
         timeout = datetime.timedelta(seconds=timeout_s)
@@ -126,7 +139,7 @@ def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
 
 
 def close(ctx: DistContext) -> None:
-    if ctx.initialized and dist.is_initialized():
+    if ctx.owns_group and ctx.initialized and dist.is_initialized():
         # let every rank finish its last collectives before the group goes away; tearing it
         # down under a peer's in-flight operation was seen to abort gloo ranks at exit
         dist.barrier()

@@ -20,7 +20,6 @@ from engine.config import (
     ConfigError,
     RunConfig,
 )
-from engine.config import ZERO_STAGES as ZERO_STAGES  # re-exported: engine.api reads it here
 from engine.validate_values import check_run_values
 
 # Only torch-free modules above: the CLI validates a config before (and without) importing torch.
@@ -158,14 +157,14 @@ def _check_batch(cfg: RunConfig) -> None:
         )
 
 
-def _check_tensor(cfg: RunConfig) -> None:
+def _check_tensor(cfg: RunConfig, *, model_shape: bool) -> None:
     p, m = cfg.parallel, cfg.model
     if p.sp and p.tp == 1:
         raise ConfigError(
             "`parallel.sp=true` splits the activations of a tensor-parallel group, but "
             "parallel.tp=1; set parallel.tp > 1 or parallel.sp=false."
         )
-    if p.tp == 1:
+    if p.tp == 1 or not model_shape:
         return
     # the embedding and head split the padded vocabulary, so that is what tp must divide
     vocab_key = (
@@ -191,7 +190,7 @@ def _check_tensor(cfg: RunConfig) -> None:
             )
 
 
-def _check_pipeline(cfg: RunConfig) -> None:
+def _check_pipeline(cfg: RunConfig, *, model_shape: bool) -> None:
     p, t = cfg.parallel, cfg.train
     placement = PP_SCHEDULES[p.pp_schedule]
     if p.pp == 1:
@@ -215,7 +214,7 @@ def _check_pipeline(cfg: RunConfig) -> None:
             f"`parallel.pp_virtual_stages` must be 1 or 2, got {p.pp_virtual_stages}."
         )
     n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
-    if n_stages > cfg.model.n_layers:
+    if model_shape and n_stages > cfg.model.n_layers:
         raise ConfigError(
             f"{n_stages} pipeline stages (parallel.pp={p.pp} x {n_stages // p.pp} per rank) "
             f"need at least one layer each, but model.n_layers={cfg.model.n_layers}."
@@ -262,17 +261,19 @@ def _check_combinations(cfg: RunConfig) -> None:
         )
 
 
-def validate_layout(cfg: RunConfig) -> None:
-    """Checks of settings against each other: a sweep prunes a layout that fails them."""
+def validate_layout(cfg: RunConfig, *, model_shape: bool = True) -> None:
+    """Checks of settings against each other: a sweep prunes a layout that fails them.
+    ``model_shape=False``: leave out the checks against the GPT's shape (``cfg.model``), for
+    a model the engine does not build itself (``engine.recipe.ModuleRecipe``)."""
     _check_combinations(cfg)
     _check_batch(cfg)
-    _check_tensor(cfg)
-    _check_pipeline(cfg)
+    _check_tensor(cfg, model_shape=model_shape)
+    _check_pipeline(cfg, model_shape=model_shape)
 
 
-def validate(cfg: RunConfig) -> RunConfig:
+def validate(cfg: RunConfig, *, model_shape: bool = True) -> RunConfig:
     """Resolve derived settings, raise ConfigError for the first invalid one, return the result."""
     validate_values(cfg)
     cfg = resolve(cfg)
-    validate_layout(cfg)
+    validate_layout(cfg, model_shape=model_shape)
     return cfg

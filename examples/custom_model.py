@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-from engine import Engine, EngineConfig, ParallelConfig
+from engine import Engine, EngineConfig, ParallelConfig, TrainConfig
 
 
 class TinyRegressor(nn.Module):
@@ -67,7 +67,8 @@ def main() -> None:
     torch.manual_seed(0)  # the same initial weights in every process
     model = TinyRegressor()
     parallel = ParallelConfig(dp=dp, tp=args.tp, pp=args.pp, zero=args.zero, pp_schedule="gpipe")
-    config = EngineConfig(parallel=parallel, micro_batch=4, pp_microbatches=4, lr=1e-3)
+    train = TrainConfig(global_batch=args.global_batch, micro_batch=4, lr=1e-3)
+    config = EngineConfig(parallel=parallel, train=train)
     engine = Engine(
         model,
         config,

@@ -184,7 +184,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _worker_alive(worker: str) -> bool:
+def worker_alive(worker: str) -> bool:
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname():
         return True  # another machine's worker: not ours to judge
@@ -202,7 +202,7 @@ def recover_interrupted(study: optuna.Study) -> list[FrozenTrial]:
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR, "")
-        if worker and _worker_alive(worker):
+        if worker and worker_alive(worker):
             continue
         handle = optuna.trial.Trial(study, trial._trial_id)
         handle.set_user_attr("fail_reason", "interrupted")

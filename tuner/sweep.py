@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
 from tuner import space as space_mod
+from tuner import workers
 from tuner.config import OBJECTIVES, PROFILED_OBJECTIVES, Loaded, replace_keys
 from tuner.feasibility import MARGIN_ATTR, Infeasible, after_oom, runnable
 from tuner.launch import TrialOutcome, run_trial
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 DISK_FULL = "disk_full"  # fail_reason of a trial stopped by a full disk; measured again on resume
+# trials that ended without deciding their configuration: it may be proposed again
+NOT_RUN = ("interrupted", DISK_FULL, "claimed", "surplus")
 LAYOUT_ATTR = "layout_key"  # the configuration a trial runs, normalised (space.layout_key)
 # a sampler that keeps proposing measured or infeasible layouts has converged, or the space
 # holds few runnable layouts
@@ -54,7 +57,7 @@ def _decided(t: FrozenTrial) -> bool:
     return (
         t.state in FINISHED
         and "duplicate_of" not in t.user_attrs
-        and t.user_attrs.get("fail_reason") not in ("interrupted", DISK_FULL)
+        and t.user_attrs.get("fail_reason") not in NOT_RUN
     )
 
 
@@ -94,6 +97,27 @@ def _finish(
     return f"FAILED ({outcome.reason}: {outcome.detail[:160]})"
 
 
+def _launched(study: optuna.Study) -> int:
+    """Trials toward the budget: decided ones, and those other live workers are running."""
+    done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
+    return done + workers.running_elsewhere(study)
+
+
+def _drop(study: optuna.Study, trial: optuna.Trial, reason: str, detail: str) -> None:
+    """A trial this worker will not run; it decides nothing (NOT_RUN)."""
+    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("fail_detail", detail)
+    tell(study, trial, state=TrialState.PRUNED)
+
+
+def _yield_to(study: optuna.Study, trial: optuna.Trial, claim: FrozenTrial) -> str:
+    """Leave a configuration to the earlier trial that runs it: not measured twice, and not
+    measured while the other measures it on the same machine."""
+    trial.set_user_attr("duplicate_of", claim.number)
+    _drop(study, trial, "claimed", f"trial {claim.number} runs this configuration")
+    return f"claimed by trial {claim.number} (running)"
+
+
 def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> str:
     """Record a repeat of ``earlier`` without running it again (Optuna's advice for duplicates)."""
     trial.set_user_attr("duplicate_of", earlier.number)
@@ -126,6 +150,9 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     check_dir(out, key="sweep.out_dir", value=str(cfg.sweep.out_dir))
     study, machine = open_study(cfg, space.distributions)
     recover_interrupted(study)
+    decided = sum(_decided(t) for t in study.get_trials(deepcopy=False))
+    index = workers.register(study)
+    seed = workers.reseed(study, cfg, index=index, decided=decided)
     progress = Progress(
         cfg.sweep.n_trials, cfg.sweep.objectives[0], echo, base=cfg.run, counts=_counts
     )
@@ -133,11 +160,13 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     for setting in space_mod.fixed_by_command_line(cfg.space, cfg.overrides)[1]:
         echo(f"{setting} fixed by the command line; not searched")
     echo(f"measuring on {machine.describe()}")
+    if index:
+        echo(f"worker {index + 1} on this study; sampler seed {seed}")
     done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
     if done >= cfg.sweep.n_trials:
         echo(f"{done}/{cfg.sweep.n_trials} trials done; raise sweep.n_trials to add more")
     repeats, layouts = 0, space.distinct_layouts(cfg.run)
-    while sum(_counts(t) for t in study.get_trials(deepcopy=False)) < cfg.sweep.n_trials:
+    while _launched(study) < cfg.sweep.n_trials:
         trials = study.get_trials(deepcopy=False)
         tried = {t.user_attrs.get(LAYOUT_ATTR) for t in trials if _decided(t)}
         if layouts is not None and layouts <= tried:
@@ -154,6 +183,16 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
         trial.set_user_attr(MACHINE_ATTR, machine.id)
         key = space_mod.layout_key(cfg.run, trial.params)
         trial.set_user_attr(LAYOUT_ATTR, key)
+        done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
+        if done + workers.ahead(study, trial.number) >= cfg.sweep.n_trials:
+            # another worker took the last trial of the budget between our check and our ask
+            _drop(study, trial, "surplus", "the budget was reached by other workers' trials")
+            break
+        claim = workers.earlier_claim(study, key, trial.number, LAYOUT_ATTR)
+        if claim is not None:  # another worker runs this configuration now
+            repeats += 1
+            progress.line(study, trial, _yield_to(study, trial, claim))
+            continue
         earlier = _earlier_same(study, key, trial.number)
         if earlier is not None:
             repeats += 1

@@ -14,6 +14,7 @@ sum of the allocations and frees that the profiler's memory events record during
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,10 @@ def live_tensor_bytes(modules: Iterable[nn.Module]) -> int:
     """Bytes of every distinct CPU storage reachable from Python objects (parameters, buffers,
     optimizer state, ...), plus the gradient buckets of DDP modules among ``modules``."""
     seen: dict[int, int] = {}
-    for obj in gc.get_objects():
-        if not isinstance(obj, torch.Tensor):
-            continue
+    with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
+        warnings.simplefilter("ignore", FutureWarning)
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
         local = getattr(obj, "_local_tensor", obj)  # DTensor: its shard holds the storage
         try:
             if local.device.type != "cpu" or local.is_meta:

@@ -35,12 +35,11 @@ def _save_matmuls_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in _SAVE else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
-    """Wrap every block of ``model`` (a GPT or a pipeline stage) in place."""
+def checkpoint_module(block: nn.Module, mode: str) -> nn.Module:
+    """``block`` wrapped for activation checkpointing in ``mode`` ("none": unchanged)."""
     if mode == "none":
-        return
+        return block
     kw = {"preserve_rng_state": False}
     if mode == "selective":
         kw["context_fn"] = partial(create_selective_checkpoint_contexts, _save_matmuls_policy)
-    for layer_id, block in list(model.layers.items()):
-        model.layers[layer_id] = checkpoint_wrapper(block, **kw)
+    return checkpoint_wrapper(block, **kw)

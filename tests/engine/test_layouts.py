@@ -109,16 +109,20 @@ def _check_measurements(result: dict) -> None:
     assert profiled == {k: v for k, v in expected.items() if v}
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
-def test_layout_equals_reference(reference, tmp_path, layout):
-    parallel, train = LAYOUTS[layout]
-    result, params = _run(tmp_path, parallel, train)
-    ref_result, ref_params = reference
+def assert_trains_like(run: tuple[dict, dict], reference: tuple[dict, dict]) -> None:
+    """Losses and final parameters as the reference's, and the figures' checks."""
+    (result, params), (ref_result, ref_params) = run, reference
     torch.testing.assert_close(result["losses"], ref_result["losses"], rtol=0, atol=LOSS_ATOL)
     assert sorted(params) == sorted(ref_params)
     for name, value in ref_params.items():
         torch.testing.assert_close(params[name], value, rtol=0, atol=PARAM_ATOL, msg=name)
     _check_measurements(result)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+def test_layout_equals_reference(reference, tmp_path, layout):
+    parallel, train = LAYOUTS[layout]
+    assert_trains_like(_run(tmp_path, parallel, train), reference)
 
 
 # an odd vocabulary (257, as GPT-2's 50,257 is odd) padded to 384 rows: tensor parallelism splits

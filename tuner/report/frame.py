@@ -17,8 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from engine import result_schema
-from tuner.study import WORKER_ATTR, stored_result
-from tuner.study import _worker_alive as worker_alive
+from tuner.study import WORKER_ATTR, stored_result, worker_alive
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
