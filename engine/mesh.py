@@ -14,6 +14,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from engine.config import ParallelConfig
 from engine.runtime import DistContext
+from engine.stages import coordinates
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,6 @@ class Mesh:
     @property
     def last_stage(self) -> bool:
         return self.pp_rank == self.pp - 1
-
-
-def coordinates(rank: int, parallel: ParallelConfig) -> tuple[int, int, int]:
-    """(pp_rank, dp_rank, tp_rank) of a global rank in the (pp, dp, tp) row-major layout."""
-    tp_rank = rank % parallel.tp
-    dp_rank = (rank // parallel.tp) % parallel.dp
-    pp_rank = rank // (parallel.tp * parallel.dp)
-    return pp_rank, dp_rank, tp_rank
 
 
 def build_mesh(parallel: ParallelConfig, ctx: DistContext) -> Mesh:

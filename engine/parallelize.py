@@ -26,7 +26,7 @@ from engine.parallel.activation import checkpoint_module
 from engine.parallel.tensor import full_tensor_of, loss_context
 from engine.precision import Precision
 from engine.recipe import GPTRecipe, LossFn, Recipe, token_cross_entropy
-from engine.validate import stages_per_rank
+from engine.stages import local_stage_ids, n_stages
 
 Batch = list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) micro-batches, (B, T) each
 
@@ -164,11 +164,6 @@ class PipelineStepper(Stepper):
         return torch.stack(losses).mean()
 
 
-def n_stages(cfg: RunConfig) -> int:
-    p = cfg.parallel
-    return p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages) if p.pp > 1 else 1
-
-
 def build_parts(
     cfg: RunConfig, mesh: Mesh, device: torch.device, recipe: Recipe | None = None
 ) -> list[tuple[int, nn.Module]]:
@@ -177,10 +172,10 @@ def build_parts(
     model (default: the run's GPT)."""
     recipe = recipe or gpt_recipe(cfg)
     torch.manual_seed(cfg.train.seed)  # anything else random starts alike on every rank
-    p, total = cfg.parallel, n_stages(cfg)
+    p, total = cfg.parallel, n_stages(cfg.parallel)
     ids = [0]
     if mesh.pp > 1:
-        ids = pp_mod.local_stage_ids(mesh.pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+        ids = local_stage_ids(mesh.pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
     return [(sid, _shard(recipe.part(sid, total), recipe, cfg, mesh, device)) for sid in ids]
 
 
@@ -197,7 +192,7 @@ def build(
     loss = {"loss_fn": recipe.loss, "loss_context": recipe.loss_context}
     if mesh.pp == 1:
         return Stepper(modules, precision, mesh.tp, Phases(device), **loss)
-    p, total = cfg.parallel, n_stages(cfg)
+    p, total = cfg.parallel, n_stages(cfg.parallel)
     ids = [sid for sid, _ in parts]
     stages = [
         pp_mod.make_stage(part, stage_id=sid, n_stages=total, device=device, group=mesh.group("pp"))

@@ -28,6 +28,7 @@ from engine.config import ConfigError, ModelConfig
 from engine.model import GPT
 from engine.parallel import pipeline as pp_mod
 from engine.parallel import tensor as tp_mod
+from engine.stages import split_layers
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Initialise = Callable[[nn.Module], None]  # fills a (wrapped) part's tensors on its device
@@ -73,7 +74,7 @@ class GPTRecipe:
         if n_stages == 1:
             with torch.device("meta"):
                 return GPT(self.model_config)
-        layers = pp_mod.split_layers(self.model_config, n_stages)[stage]
+        layers = split_layers(self.model_config, n_stages)[stage]
         return pp_mod.stage_module(
             self.model_config, layers, first=stage == 0, last=stage == n_stages - 1
         )

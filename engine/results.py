@@ -27,8 +27,8 @@ from engine.metrics.memory_model import predict_all
 from engine.metrics.stats import median_ci
 from engine.metrics.timeline import PARTS
 from engine.metrics.timing import Spread
-from engine.model import count_params
 from engine.result_schema import SCHEMA_VERSION, conform
+from engine.shapes import count_params
 from engine.train import RankRecord, profile_window
 
 # memory readings besides peak_mem_bytes (metrics/memory.py): CUDA's reserved bytes and

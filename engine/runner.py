@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 from engine import runtime
 from engine.config import RunConfig
-from engine.metrics.flops import Peak, cpu_peak, gpu_peak, override_flops
+from engine.metrics.cpu_peak import cpu_peak
+from engine.metrics.flops import Peak, gpu_peak, override_flops
 from engine.results import build_result, write_json_atomic
 from engine.train import RankRecord, train
 from engine.validate import validate

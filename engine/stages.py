@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 from engine.config import PP_SCHEDULES, ModelConfig, ParallelConfig
-from engine.validate import stages_per_rank
+from engine.validate import stages_per_rank as stages_per_rank  # re-exported
 
 
 def n_stages(parallel: ParallelConfig) -> int:
@@ -88,3 +88,11 @@ def local_stage_ids(pp_rank: int, pp: int, schedule: str, virtual_stages: int) -
     if placement == "v":
         return [pp_rank, 2 * pp - 1 - pp_rank]
     return [pp_rank + k * pp for k in range(virtual_stages)]
+
+
+def coordinates(rank: int, parallel: ParallelConfig) -> tuple[int, int, int]:
+    """(pp_rank, dp_rank, tp_rank) of a global rank in the (pp, dp, tp) row-major layout."""
+    tp_rank = rank % parallel.tp
+    dp_rank = (rank // parallel.tp) % parallel.dp
+    pp_rank = rank // (parallel.tp * parallel.dp)
+    return pp_rank, dp_rank, tp_rank

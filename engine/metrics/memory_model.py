@@ -38,10 +38,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from engine.config import RunConfig
-from engine.mesh import coordinates
-from engine.parallel.pipeline import SCHEDULES, local_stage_ids, split_layers
-from engine.validate import stages_per_rank
+from engine.config import PP_SCHEDULES, RunConfig
+from engine.stages import coordinates, local_stage_ids, split_layers, stages_per_rank
 
 FP32 = 4
 _COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -197,7 +195,7 @@ def _in_flight(cfg: RunConfig, n_micro: int, stage_rank: int) -> int:
         return 1  # gradient accumulation: one micro-batch at a time
     if p.pp_schedule in _ALL_IN_FLIGHT:
         return n_micro
-    if SCHEDULES[p.pp_schedule].placement == "single":
+    if PP_SCHEDULES[p.pp_schedule] == "single":
         return min(n_micro, p.pp - stage_rank)  # 1F1B warm-up depth
     return min(n_micro, 2 * p.pp)  # interleaved, zero-bubble and V schedules: a bound
 

@@ -18,9 +18,6 @@ from torch.distributed.pipelining import PipelineStage, schedules
 
 from engine.config import PP_SCHEDULE_CLASSES, PP_SCHEDULES, ModelConfig
 from engine.model import GPT
-
-# where the layers go is plain arithmetic, shared with the planner and the memory model
-from engine.stages import local_stage_ids, split_layers, stage_costs  # noqa: F401
 from engine.validate import missing_schedule
 
 

@@ -9,14 +9,8 @@ import torch
 
 from engine import runtime
 from engine.config import ConfigError, ModelConfig, RunConfig
-from engine.metrics.flops import (
-    Peak,
-    cpu_peak,
-    flops_per_token,
-    gpu_peak,
-    hardware_flops_per_token,
-    measure_cpu_peak,
-)
+from engine.metrics.cpu_peak import cpu_peak, measure_cpu_peak
+from engine.metrics.flops import Peak, flops_per_token, gpu_peak, hardware_flops_per_token
 from engine.model import count_params
 from engine.results import build_result
 from engine.runner import resolve_peak

@@ -39,11 +39,12 @@ def _biggest_parts(r: PlanRow, n: int = 3) -> str:
 
 
 def table(rows: list[PlanRow], bands: ErrorBands) -> str:
-    head = f"{'#':>3}  {'layout':<46} {'tokens/s':>12} {'MFU':>6} {'step s':>8} {'GiB/dev':>8}"
+    w = max([len(describe(r)) for r in rows] + [6])
+    head = f"{'#':>3}  {'layout':<{w}} {'tokens/s':>12} {'MFU':>6} {'step s':>8} {'GiB/dev':>8}"
     lines = [head + "  error   where the time goes"]
     for i, r in enumerate(rows, 1):
         lines.append(
-            f"{i:>3}  {describe(r):<46} {r.predicted_tokens_per_s:>12,.0f} "
+            f"{i:>3}  {describe(r):<{w}} {r.predicted_tokens_per_s:>12,.0f} "
             f"{100 * r.predicted_mfu:>5.1f}% {r.predicted_step_time_s:>8.3f} "
             f"{r.predicted_mem_bytes_per_gpu / GIB:>8.1f}  {_band(bands, r):<7} {_biggest_parts(r)}"
         )
