@@ -3,7 +3,8 @@
 Runs each command below N times in a fresh interpreter, in a scratch folder, and reports the
 median wall time and its min-max spread; then, for each command, the slowest imports by
 ``python -X importtime`` (cumulative microseconds, children included), which says where the
-time goes. The target is well under 1.5 s for ``--help`` and for a one-line config error.
+time goes. The targets: well under 1.5 s for ``--help`` and for a one-line config error; under
+10 s for a whole plan (every layout of a 7B model on 128 devices, of a 70B-class one on 512).
 
     python bench/cli_latency.py --repeats 7 [--source OTHER_CHECKOUT] [--out FILE]
 
@@ -29,6 +30,23 @@ COMMANDS = {
     "bad interpolation": ["run", "model.init_std=${oc.env:HOME}"],
     "--cfg job": ["run", "--cfg", "job"],
     "report, no such sweep": ["report", "sweep.name=never_ran"],
+    "plan, unknown cluster": ["plan", "cluster=nope"],
+    # the planner's targets: every layout of a 7B model on 16 x 8 H100 and of a 70B-class
+    # model on 512 devices, ranked, in well under 10 s
+    "plan llama-7b on 128 H100": [
+        "plan",
+        "model=llama-7b",
+        "cluster=h100-sxm",
+        "cluster.nodes=16",
+        "train.global_batch=1024",
+    ],
+    "plan llama-70b on 512 H100": [
+        "plan",
+        "model=llama-70b",
+        "cluster=h100-sxm",
+        "cluster.nodes=64",
+        "train.global_batch=1024",
+    ],
 }
 
 
