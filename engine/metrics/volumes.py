@@ -24,7 +24,8 @@ tokens, h the hidden size:
   vocabulary-parallel head adds a backward all-reduce of b·s·h and its loss 3 fp32 values per
   token (max, sum of exponentials, target logit). Under autocast, what the norms produce (and
   its gradient) stays fp32 and what the projections produce is in the compute dtype.
-  Full activation checkpointing repeats the blocks' forward collectives in backward.
+  Full activation checkpointing repeats the blocks' forward collectives in backward, all but
+  each block's last (the recomputation stops at the last tensor backward needs).
 - pipeline parallel (group pp): each micro-batch's activations (b·s·h, the fp32 residual
   stream; its sequence shard under sequence parallelism) cross every stage boundary forward
   and their gradients come back; boundaries between two stages of the same rank (the turn of
@@ -132,8 +133,9 @@ def _tensor_parallel(cfg: RunConfig, pp_rank: int, backend: str) -> list[Collect
     act32 = FP32 * t.micro_batch * m.seq_len * m.d_model  # one b·s·h message in fp32
     act = act32 * _BYTES[t.precision] // FP32  # ... in autocast's compute dtype
     head = micro if last else 0
-    # full checkpointing runs each block's forward again in backward, collectives included
-    fwd_blocks = layers * micro * (2 if t.activation_checkpointing == "full" else 1)
+    # full checkpointing runs each block's forward again in backward, up to the last tensor
+    # backward needs: every collective but the block's last one (its output is not saved)
+    again = layers * micro if t.activation_checkpointing == "full" else 0
     # under autocast the norms' outputs (what the projections take in, and so their input
     # gradients) stay fp32, while the projections' outputs are in the compute dtype
     if p.sp:
@@ -142,7 +144,8 @@ def _tensor_parallel(cfg: RunConfig, pp_rank: int, backend: str) -> list[Collect
         # its input and scatters its gradient; the embedding's slice to sequence shards
         # gathers its gradient back
         kind = "all_reduce" if backend == "gloo" else "reduce_scatter"
-        fwd_gathers, fwd_scatters = 2 * fwd_blocks + head, 2 * fwd_blocks
+        fwd_gathers = 2 * (layers * micro + again) + head
+        fwd_scatters = 2 * layers * micro + again
         bwd_gathers, bwd_scatters = 2 * layers * micro, 2 * layers * micro + head
         emb = micro if first else 0
         norms = _norm_tensors(cfg, layers, last)
@@ -159,7 +162,7 @@ def _tensor_parallel(cfg: RunConfig, pp_rank: int, backend: str) -> list[Collect
             Collective("all_reduce", "tp", reads * FP32 * m.d_model * norms, reads * norms, "step"),
         ]
     else:
-        fwd = 2 * fwd_blocks
+        fwd = 2 * layers * micro + again
         bwd = (3 + (2 if m.mlp == "swiglu" else 1)) * layers * micro + head
         out = [
             Collective("all_reduce", "tp", fwd * act, fwd, "forward"),

@@ -79,5 +79,6 @@ def test_full_checkpointing_repeats_the_tensor_parallel_forward():
         name: sum(c.count for c in collectives(cfg) if c.phase == "forward" and c.group == "tp")
         for name, cfg in (("plain", plain), ("full", full))
     }
-    blocks = 2 * plain.model.n_layers * 4  # 2 all-reduces per block, 4 micro-batches
-    assert fwd["full"] - fwd["plain"] == blocks
+    # the attention output's all-reduce again, per block and micro-batch (4); the MLP's, the
+    # block's last, is not recomputed
+    assert fwd["full"] - fwd["plain"] == plain.model.n_layers * 4
