@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 
-from engine.config import PP_SCHEDULES, ModelConfig, ParallelConfig
+from engine.config import PP_SCHEDULES, ModelConfig, ParallelConfig, RunConfig
+from engine.shapes import stage_params
 from engine.validate import stages_per_rank as stages_per_rank  # re-exported
 
 
@@ -96,3 +97,16 @@ def coordinates(rank: int, parallel: ParallelConfig) -> tuple[int, int, int]:
     dp_rank = (rank // parallel.tp) % parallel.dp
     pp_rank = rank // (parallel.tp * parallel.dp)
     return pp_rank, dp_rank, tp_rank
+
+
+def rank_params(cfg: RunConfig, pp_rank: int) -> int:
+    """Ψ: parameters pipeline rank ``pp_rank`` holds before data-parallel sharding."""
+    p, m = cfg.parallel, cfg.model
+    total = n_stages(p)
+    if total == 1:
+        return stage_params(m, p.tp, layers=m.n_layers, first=True, last=True)
+    sizes = stage_sizes(m, total)
+    ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+    return sum(
+        stage_params(m, p.tp, layers=sizes[s], first=s == 0, last=s == total - 1) for s in ids
+    )

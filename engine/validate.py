@@ -26,6 +26,8 @@ from engine.validate_values import check_run_values
 
 # schedules that refuse fewer micro-batches than this many stages (total or per rank group)
 _MIN_MICRO = {"1f1b": "pp", "dualpipev": "stages"}
+# schedules that split a layer's backward into an input-gradient and a weight-gradient pass
+SPLIT_BACKWARD = ("interleaved_zero_bubble", "zbv_zero_bubble", "dualpipev")
 
 
 def stages_per_rank(schedule: str, virtual_stages: int) -> int:
@@ -242,6 +244,15 @@ def _check_combinations(cfg: RunConfig) -> None:
             "`parallel.zero=1` uses DDP + ZeroRedundancyOptimizer, which PyTorch cannot combine "
             f"with tensor parallelism (DTensor parameters) or pipeline schedules (got "
             f"parallel.tp={p.tp}, parallel.pp={p.pp}); valid: parallel.zero 0, 2 or 3."
+        )
+    if p.zero == 3 and p.dp > 1 and p.pp > 1 and p.pp_schedule in SPLIT_BACKWARD:
+        # FSDP reshards after the input-gradient pass; the weight pass that follows leaves
+        # parameters without gradients, so they would silently never train
+        raise ConfigError(
+            f"`parallel.pp_schedule`={p.pp_schedule} computes weight gradients in a separate "
+            "pass, after parallel.zero=3 has resharded the parameters, and some never get "
+            "gradients; valid with this schedule: parallel.zero 0 or 2, or with zero 3: "
+            "gpipe, 1f1b, interleaved_1f1b or looped_bfs."
         )
     if t.reduce_dtype != "fp32" and p.dp == 1:
         raise ConfigError(

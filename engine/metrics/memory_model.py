@@ -7,25 +7,33 @@ stage shards them. Activations follow Korthikanti et al. 2022 (section 4.1), re-
 block: pre-norm, separate q/k/v projections, fused attention (no s² score matrix is kept), no
 dropout. Per layer and token, backward keeps (h = d_model, f = d_ff):
 
-    norm inputs 2h (fp32 residual stream) + norm outputs 2h + q, k, v 3h + attention output h
+    norm inputs 2h (residual stream) + norm outputs 2h + q, k, v 3h + attention output h
     + output-projection input h + MLP up output and activation output 2f (SwiGLU: 4f)
     = 17h with f = 4h, GELU (Korthikanti's 34sbh counts 2-byte elements; here bytes depend on
-    the precision), RMSNorm keeps one more h per norm (its normalised input).
+    the precision), RMSNorm keeps one more h per norm (its normalised input). The residual
+    stream is fp32 under autocast, but in the compute dtype when FSDP's mixed-precision policy
+    (ZeRO 2/3) casts the parameters themselves.
 
 Tensor parallelism divides everything between the column- and row-parallel linears by tp;
 sequence parallelism also divides the norms' inputs. The last stage adds the loss head: the
 logits, log-probabilities and, at the start of backward, two gradients of that size (the fp32
-copy of low-precision logits is freed by then). Pipeline stages hold the activations of the
-micro-batches in flight (all of them for GPipe-like schedules, up to pp for 1F1B-like ones).
-With activation checkpointing a layer keeps only its input (full) or also its matmul and
-attention outputs (selective), and backward recomputes one layer at a time, after the loss
-head's tensors are gone.
+copy of low-precision logits is freed by then). With activation checkpointing a layer keeps
+only its input (full) or also its matmul and attention outputs (selective), and backward
+recomputes one layer at a time, after the loss head's tensors are gone.
 
-Two moments compete for the peak: the start of the last backward (activations, loss head,
-gradients of earlier micro-batches) and the optimizer step (all gradients, optimizer
-temporaries). With checkpointing a third: the end of backward, when the stage's first layer is
-recomputed while every later layer's gradients exist (a checkpointed layer keeps less than its
-gradients). The largest is the prediction; its parts are the breakdown.
+Pipeline stages hold, across steps, a receive buffer per micro-batch for their input and for
+their output's gradient, and the last stage the previous step's logits; during the step, the
+gradients of their inputs accumulate too. In 1F1B's steady state the deepest set of
+micro-batches meets the gradients of earlier ones; where every micro-batch is forwarded before
+the first backward, the backwards walk the rank's stages (later stage first) micro-batch by
+micro-batch, each moment holding what is not yet consumed and the gradients of the stages
+begun.
+
+The moments that compete for the peak: each backward's start at the loss head (activations,
+loss head, gradients so far), the same moment after the loss head when a ZeRO-3 block gathers
+its parameters, with checkpointing each layer's recomputation (and at the last one every later
+layer's gradients), and the optimizer step (all gradients, optimizer temporaries). The largest
+is the prediction; its parts are the breakdown.
 
 Building the model is a third, host-side moment (``host_build``, reported beside the parts and
 not in ``total``): each rank builds its part on the meta device and initialises it one full
@@ -39,14 +47,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from engine.config import PP_SCHEDULES, RunConfig
-from engine.stages import coordinates, local_stage_ids, split_layers, stages_per_rank
+from engine.metrics.memory_terms import (
+    COMPUTE_BYTES,
+    FP32,
+    checkpointed_layer_bytes,
+    largest_param,
+    last_recompute,
+    layer_activation_bytes,
+    loss_head_bytes,
+    stage_buffers,
+    stream_bytes,
+)
+from engine.shapes import block_params, stage_params
+from engine.stages import coordinates, local_stage_ids, rank_params, split_layers, stages_per_rank
+from engine.validate import SPLIT_BACKWARD
 
-FP32 = 4
-_COMPUTE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # schedules that run every micro-batch's forward before the backwards start
 _ALL_IN_FLIGHT = {"gpipe", "looped_bfs"}
-# schedules that split a layer's backward into an input-gradient and a weight-gradient pass
-_SPLIT_BACKWARD = {"interleaved_zero_bubble", "zbv_zero_bubble", "dualpipev"}
 
 
 @dataclass(frozen=True)
@@ -65,52 +82,19 @@ class MemoryPrediction:
         return asdict(self)
 
 
-def _block_params(cfg: RunConfig) -> int:
-    """Parameters of one block held by one tensor-parallel rank."""
-    m, tp = cfg.model, cfg.parallel.tp
-    d, f, b = m.d_model, m.d_ff, 1 if m.bias else 0
-    norm = d * (2 if m.norm == "layernorm" and m.bias else 1)
-    col = 3 * (d * d + b * d) + (2 if m.mlp == "swiglu" else 1) * (d * f + b * f)
-    row = d * d + f * d
-    return (col + row) // tp + 2 * b * d + 2 * norm  # row-parallel biases are replicated
-
-
-def _stage_params(cfg: RunConfig, layers: int, *, first: bool, last: bool) -> int:
-    m, tp = cfg.model, cfg.parallel.tp
-    vocab = m.padded_vocab_size
-    n = layers * _block_params(cfg)
-    if first:
-        n += vocab * m.d_model + (m.seq_len * m.d_model if m.position == "learned" else 0)
-    if last:
-        n += m.d_model * (2 if m.norm == "layernorm" and m.bias else 1)
-        n += vocab * m.d_model // tp  # vocabulary-parallel head
-    return n
-
-
-def _largest_param(cfg: RunConfig, *, layers: int, first: bool, last: bool) -> int:
-    """Elements of the largest full (unsharded) parameter of a stage."""
-    m = cfg.model
-    sizes = [m.d_model * max(m.d_model, m.d_ff)] if layers else []
-    if first:
-        sizes += [m.padded_vocab_size * m.d_model, m.seq_len * m.d_model]
-    if last:
-        sizes.append(m.padded_vocab_size * m.d_model)
-    return max(sizes, default=0)
-
-
 def host_build_bytes(cfg: RunConfig, rank: int, device: str) -> int:
     """Peak host bytes while rank ``rank`` builds and initialises its part (module docstring)."""
     p = cfg.parallel
     pp_rank, _, _ = coordinates(rank, p)
     ids, split, n_stages = _local_stages(cfg, pp_rank)
     largest = max(
-        _largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids
+        largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids
     )
     # the full value, and this rank's slice of it when a copy is needed to make it contiguous
     transient = FP32 * (largest + (largest // p.tp if p.tp > 1 else 0))
     if device != "cpu":
         return transient
-    psi = sum(_stage_params(cfg, len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids)
+    psi = rank_params(cfg, pp_rank)
     shard = FP32 * psi // (p.dp if p.dp > 1 and p.zero >= 2 else 1)
     return shard + transient
 
@@ -125,70 +109,6 @@ def _local_stages(cfg: RunConfig, pp_rank: int) -> tuple[list[int], list[list[in
     return ids, split_layers(m, n_stages), n_stages
 
 
-def _layer_activation_bytes(cfg: RunConfig, tokens: int) -> int:
-    """Bytes one layer keeps for backward for ``tokens`` tokens (see the module docstring)."""
-    m, p = cfg.model, cfg.parallel
-    h, f, tp = m.d_model, m.d_ff, p.tp
-    c = _COMPUTE_BYTES[cfg.train.precision]
-    seq = tp if p.sp else 1  # sequence parallelism splits what lies outside the linears
-    norm_in = 2 * h * FP32 // seq  # the residual stream stays fp32 under autocast
-    if m.norm == "rmsnorm":
-        norm_in += 2 * h * FP32 // seq  # the normalised input, kept for the weight's gradient
-    norm_out = 2 * h * c  # inputs of the column-parallel linears (gathered under SP)
-    attn = (3 + 1 + 1) * h * c // tp  # q, k, v, attention output, output-projection input
-    mlp = (4 if m.mlp == "swiglu" else 2) * f * c // tp
-    return tokens * (norm_in + norm_out + attn + mlp)
-
-
-def _checkpointed_layer_bytes(cfg: RunConfig, tokens: int) -> int:
-    """What a checkpointed layer keeps (engine/parallel/activation.py): full keeps the block's
-    input; selective also the outputs of its matmuls and of attention."""
-    m, p = cfg.model, cfg.parallel
-    h, f, tp = m.d_model, m.d_ff, p.tp
-    c = _COMPUTE_BYTES[cfg.train.precision]
-    kept = h * FP32 // (tp if p.sp else 1)  # the block input (residual stream, fp32)
-    if cfg.train.activation_checkpointing == "selective":
-        kept += (3 + 1) * h * c // tp  # q, k, v projections and attention output
-        kept += 2 * h * c  # output projection and MLP down outputs (before the all-reduce)
-        kept += (2 if m.mlp == "swiglu" else 1) * f * c // tp  # up (and gate) outputs
-    return tokens * kept
-
-
-def _loss_head_bytes(cfg: RunConfig, tokens: int) -> int:
-    m, c = cfg.model, _COMPUTE_BYTES[cfg.train.precision]
-    # the logits (kept by the step's loop until backward is done), log-probabilities (kept by
-    # log_softmax) and, at the start of backward, their gradient and the logits' gradient;
-    # the fp32 copy of low-precision logits is gone by then (log_softmax keeps its output)
-    per_logit = c + 3 * FP32
-    head_in = m.d_model * (FP32 + c)  # final norm input and output
-    return tokens * (m.padded_vocab_size // cfg.parallel.tp * per_logit + head_in)
-
-
-def _last_recompute(cfg: RunConfig, *, tokens: int, layers: int, last: bool) -> tuple[int, int]:
-    """(gradients, activations) beyond the checkpointed layers' inputs at the end of a
-    checkpointed backward, when the stage's first layer is recomputed in full while the
-    gradients of every later layer already exist. A checkpointed layer keeps far less than
-    its parameters' gradients, so this moment, not the start of backward, is the peak."""
-    m, p = cfg.model, cfg.parallel
-    c, tp = _COMPUTE_BYTES[cfg.train.precision], p.tp
-    zero = p.zero if p.dp > 1 else 0
-    n_micro = cfg.train.global_batch // (p.dp * cfg.train.micro_batch)
-    # the recomputed layer, its backward's largest temporaries (the gradients of the MLP's
-    # hidden activation and of its input, alive together) and the logits the step's loop holds
-    work = _layer_activation_bytes(cfg, tokens) + 2 * tokens * m.d_ff * c // tp
-    if last:  # a pipeline schedule keeps every micro-batch's (see predict)
-        work += (n_micro if p.pp > 1 else 1) * tokens * m.padded_vocab_size // tp * c
-    grads = 0
-    if n_micro == 1:  # with accumulation they exist from the first micro-batch on (counted)
-        shard = p.dp if zero >= 2 else 1
-        head = m.padded_vocab_size * m.d_model // tp if last else 0
-        grads = FP32 * ((layers - 1) * _block_params(cfg) + head) // shard
-    if zero >= 2:
-        # FSDP's reduce-scatter input: the unsharded gradients of the unit being reduced
-        grads += FP32 * _block_params(cfg)
-    return grads, work
-
-
 def _in_flight(cfg: RunConfig, n_micro: int, stage_rank: int) -> int:
     p = cfg.parallel
     if p.pp == 1:
@@ -200,19 +120,105 @@ def _in_flight(cfg: RunConfig, n_micro: int, stage_rank: int) -> int:
     return min(n_micro, 2 * p.pp)  # interleaved, zero-bubble and V schedules: a bound
 
 
+def _backward_peak(
+    cfg: RunConfig,
+    base: MemoryPrediction,
+    *,
+    accumulated: int,
+    stages: list[tuple[int, int]],
+    last: bool,
+    pp_rank: int,
+    gather: int,
+) -> MemoryPrediction:
+    """The largest backward moment: ``base`` (parameters, buffers, optimizer state) plus the
+    gradients and activations alive then. ``stages``: (layers, parameters, is the first) of
+    this rank's stages in the order their backwards start (the later stage first). ``gather``: the
+    buffers of a parameter all-gather in flight as a block's backward starts (ZeRO-3)."""
+    p, t, m = cfg.parallel, cfg.train, cfg.model
+    n_micro = t.global_batch // (p.dp * t.micro_batch)
+    tokens = t.micro_batch * m.seq_len
+    per_layer = layer_activation_bytes(cfg, tokens)
+    head = loss_head_bytes(cfg, tokens) if last else 0
+    # the logits outlive the loss head's backward: the step's loop holds them until backward
+    # is done, and a pipeline schedule keeps every micro-batch's until the step ends, to
+    # return them merged
+    logits = tokens * m.padded_vocab_size // p.tp * COMPUTE_BYTES[t.precision]
+    retained = (n_micro if p.pp > 1 else 1) * logits if last else 0
+    head += retained - (logits if last else 0)  # the current one's are in the loss head
+    split = p.pp > 1 and p.pp_schedule in SPLIT_BACKWARD
+    # what one layer keeps for one micro-batch in flight
+    unit = per_layer
+    if t.activation_checkpointing != "none":
+        unit = checkpointed_layer_bytes(cfg, tokens)
+    psi = sum(n for _, n, _ in stages)
+    layers = sum(n for n, _, _ in stages)
+
+    # the gradient of a stage's input, one per micro-batch backwarded: the stage keeps it (as
+    # its receive buffer's gradient) until the next step starts
+    boundary = tokens * m.d_model * stream_bytes(cfg)
+
+    def moment(units: int, grads_of: int, sent: int) -> MemoryPrediction:
+        """``units`` layer-micro-batches in flight; the gradients of ``grads_of`` parameters;
+        ``sent`` input gradients kept."""
+        grads = base.grads + accumulated * grads_of // psi
+        acts = base.activations + units * unit + sent * boundary
+        return replace(base, grads=grads, activations=acts)
+
+    deepest = _in_flight(cfg, n_micro, pp_rank)
+    if deepest < n_micro:
+        # steady 1F1B (one stage per rank): each backward is followed by a new forward, so
+        # the gradients of earlier micro-batches (accumulated) meet the deepest set in flight
+        # until the forwards run out
+        sends = 0 if stages[0][2] else 1
+        cores = [moment(deepest * layers, 0, 0)]
+        cores += [
+            moment(min(deepest, n_micro - k) * layers, psi, k * sends) for k in range(1, n_micro)
+        ]
+    else:
+        # every micro-batch is forwarded before the first backward (GPipe, 1F1B's cool-down
+        # when warm-up covers them all; the bound taken for interleaved and V schedules):
+        # backwards then walk the stages, later stage first, micro-batch by micro-batch; each
+        # holds the activations not yet consumed and the gradients of the stages begun
+        cores, units, done, sent = [], n_micro * layers, 0, 0
+        for stage_layers, stage_psi, first in stages:
+            for k in range(n_micro):
+                cores.append(moment(units, done + (stage_psi if k else 0), sent))
+                units -= stage_layers
+                sent += 0 if first else 1
+            done += stage_psi
+    # each backward starts at the loss head (its temporaries) or, after them, with the first
+    # block's parameter gather in flight
+    moments = [replace(x, activations=x.activations + head) for x in cores]
+    moments += [
+        replace(x, params=x.params + gather, activations=x.activations + retained) for x in cores
+    ]
+    if t.activation_checkpointing != "none":
+        # during each backward a layer is recomputed in full, after its gather has landed; at
+        # the last one, the gradients of the stage's later layers exist too (unless the weight
+        # pass computes them later)
+        late_grads, work = last_recompute(cfg, tokens=tokens, layers=layers, last=last)
+        if split:
+            late_grads = 0
+        ends = [replace(x, activations=x.activations + work) for x in cores]
+        ends[-1] = replace(ends[-1], grads=ends[-1].grads + late_grads)
+        moments += ends
+    return max(moments, key=lambda x: x.total)
+
+
 def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     """Predicted peak of rank ``rank`` (global rank) of a validated config on ``device``
     ("cpu" or "cuda")."""
-    p, t, m = cfg.parallel, cfg.train, cfg.model
+    p, t = cfg.parallel, cfg.train
     pp_rank, _, _ = coordinates(rank, p)
-    c = _COMPUTE_BYTES[t.precision]
+    c = COMPUTE_BYTES[t.precision]
     n_micro = t.global_batch // (p.dp * t.micro_batch)
     ids, split, n_stages = _local_stages(cfg, pp_rank)
-    psi = sum(_stage_params(cfg, len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids)
-    layers = sum(len(split[s]) for s in ids)
+    psi = rank_params(cfg, pp_rank)
     last = (n_stages - 1) in ids
     dp, zero = p.dp, p.zero if p.dp > 1 else 0
     ddp = zero in (0, 1) and dp > 1 and p.tp == 1 and p.pp == 1
+    # with tp or pp, zero 0/1 replicate through FSDP's machinery (engine/parallel/data.py)
+    replicated = zero in (0, 1) and dp > 1 and not ddp
 
     # model states (ZeRO paper): fp32 master weights, gradients, Adam moments
     master = FP32 * psi // (dp if zero >= 2 else 1)
@@ -225,41 +231,50 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     if zero == 2:
         compute_copy = c * psi
     elif zero == 3:
-        compute_copy = 2 * c * _block_params(cfg)
+        compute_copy = 2 * c * block_params(cfg.model, cfg.parallel.tp)
     else:
         compute_copy = c * psi if c != FP32 else 0
-
-    tokens = t.micro_batch * m.seq_len
-    per_layer = _layer_activation_bytes(cfg, tokens)
-    head = _loss_head_bytes(cfg, tokens) if last else 0
-    in_flight = _in_flight(cfg, n_micro, pp_rank)
-    if last and p.pp > 1:
-        # the schedule keeps every micro-batch's output (the logits) until the step ends, to
-        # return them merged; the current one's are in ``head`` already
-        head += (n_micro - 1) * tokens * m.padded_vocab_size // p.tp * c
+    if replicated:
+        # replicate is FSDP over a one-rank shard group: its "all-gather" copies every
+        # parameter into an unsharded fp32 buffer (its policy sets no parameter dtype; autocast
+        # casts from that copy) that lives from forward to the end of backward
+        compute_copy += FP32 * psi
     # gradients of earlier micro-batches; FSDP accumulates them unsharded (no reduce-scatter
     # until the last micro-batch)
     accumulated = (FP32 * psi if zero >= 2 else grads_full) if n_micro > 1 else 0
-    start = MemoryPrediction(
-        params=master + compute_copy,
-        grads=buckets + accumulated,
-        optimizer=moments,
-        activations=in_flight * layers * per_layer + head,
+    buffers = stage_buffers(cfg, ids, n_stages)
+    base = MemoryPrediction(
+        params=master + compute_copy, grads=buckets, optimizer=moments, activations=buffers
     )
-    if t.activation_checkpointing != "none":
-        kept = in_flight * layers * _checkpointed_layer_bytes(cfg, tokens)
-        if p.pp > 1 and p.pp_schedule in _SPLIT_BACKWARD and n_micro > 1:
-            # these schedules run a layer's input-gradient and weight-gradient passes apart;
-            # the tensors the recomputation made for the first stay alive until the second, so
-            # every layer in flight holds its full activations again (one micro-batch leaves
-            # no work to put between the two: the weight pass follows at once)
-            kept += in_flight * layers * per_layer
-        start = replace(start, activations=kept + head)
-        late_grads, work = _last_recompute(cfg, tokens=tokens, layers=layers, last=last)
-        end = replace(start, grads=start.grads + late_grads, activations=kept + work)
-        backward = max(start, end, key=lambda x: x.total)
-    else:
-        backward = start
+    stages = [
+        (
+            len(split[s]),
+            stage_params(
+                cfg.model,
+                cfg.parallel.tp,
+                layers=len(split[s]),
+                first=s == 0,
+                last=s == n_stages - 1,
+            ),
+            s == 0,
+        )
+        for s in sorted(ids, reverse=True)
+    ]
+    gather = 0
+    if zero == 3:
+        # a block's pre-backward hook gathers the next block while this one is unsharded:
+        # the collective's flat output buffer exists until it is copied out into the
+        # parameters, and gloo (CPU) stages the gathered bytes in one more buffer of that size
+        gather = (2 if device == "cpu" else 1) * c * block_params(cfg.model, cfg.parallel.tp)
+    backward = _backward_peak(
+        cfg,
+        base,
+        accumulated=accumulated,
+        stages=stages,
+        last=last,
+        pp_rank=pp_rank,
+        gather=gather,
+    )
     # the optimizer step: every gradient, plus a foreach temporary of the moments' size on
     # CUDA (sqrt of the second moment); CPU steps one parameter at a time, with two temporaries
     # of the largest parameter's size (the bias-corrected root of the second moment, the update)
@@ -267,12 +282,12 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         temps = FP32 * psi // (dp if zero >= 1 else 1)
     else:
         largest = max(
-            _largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1)
+            largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1)
             for s in ids
         )
         temps = 2 * FP32 * largest // (dp if zero >= 2 else 1)
     step = MemoryPrediction(
-        params=master, grads=buckets + grads_full, optimizer=moments + temps, activations=0
+        params=master, grads=buckets + grads_full, optimizer=moments + temps, activations=buffers
     )
     peak = max(backward, step, key=lambda x: x.total)
     return replace(peak, host_build=host_build_bytes(cfg, rank, device))

@@ -26,8 +26,9 @@ tokens, h the hidden size:
   its gradient) stays fp32 and what the projections produce is in the compute dtype.
   Full activation checkpointing repeats the blocks' forward collectives in backward, all but
   each block's last (the recomputation stops at the last tensor backward needs).
-- pipeline parallel (group pp): each micro-batch's activations (b·s·h, the fp32 residual
-  stream; its sequence shard under sequence parallelism) cross every stage boundary forward
+- pipeline parallel (group pp): each micro-batch's activations (b·s·h, the residual stream:
+  fp32 under autocast, the compute dtype under ZeRO 2/3's policy; its sequence shard under
+  sequence parallelism) cross every stage boundary forward
   and their gradients come back; boundaries between two stages of the same rank (the turn of
   a V) move nothing.
 
@@ -43,8 +44,8 @@ import math
 from dataclasses import dataclass
 
 from engine.config import RunConfig
-from engine.shapes import stage_params
-from engine.stages import local_stage_ids, n_stages, stage_sizes
+from engine.metrics.memory_terms import stream_bytes
+from engine.stages import local_stage_ids, n_stages, rank_params, stage_sizes
 
 FP32 = 4
 _BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -59,19 +60,6 @@ class Collective:
     bytes: float  # input message bytes, summed over the step's calls
     count: float  # calls per step
     phase: str  # forward | backward | step (after backward: optimizer, norm)
-
-
-def rank_params(cfg: RunConfig, pp_rank: int) -> int:
-    """Ψ: parameters pipeline rank ``pp_rank`` holds before data-parallel sharding."""
-    p, m = cfg.parallel, cfg.model
-    total = n_stages(p)
-    if total == 1:
-        return stage_params(m, p.tp, layers=m.n_layers, first=True, last=True)
-    sizes = stage_sizes(m, total)
-    ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    return sum(
-        stage_params(m, p.tp, layers=sizes[s], first=s == 0, last=s == total - 1) for s in ids
-    )
 
 
 def collectives(cfg: RunConfig, pp_rank: int = 0, *, backend: str = "gloo") -> list[Collective]:
@@ -197,8 +185,9 @@ def _pipeline(cfg: RunConfig, pp_rank: int) -> list[Collective]:
         return []
     total = n_stages(p)
     ids = set(local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages))
-    # the fp32 residual stream; sequence shards of it under sequence parallelism
-    act = FP32 * t.micro_batch * m.seq_len * m.d_model // (p.tp if p.sp else 1)
+    # the residual stream (fp32 under autocast, the compute dtype under FSDP's policy:
+    # memory_terms.stream_bytes); sequence shards of it under sequence parallelism
+    act = stream_bytes(cfg) * t.micro_batch * m.seq_len * m.d_model // (p.tp if p.sp else 1)
     # each local stage sends its activations to the next stage and its input gradients to
     # the previous one, unless that stage is this rank's too (the turn of a V)
     outgoing = sum((s + 1 < total and s + 1 not in ids) + (s > 0 and s - 1 not in ids) for s in ids)

@@ -48,6 +48,10 @@ def test_defaults_are_valid():
         ),
         ({"parallel": {"pp_schedule": "zigzag"}}, ["parallel.pp_schedule", "zigzag", "gpipe"]),
         (
+            {"parallel": {"dp": 2, "pp": 2, "zero": 3, "pp_schedule": "zbv_zero_bubble"}},
+            ["parallel.pp_schedule`=zbv_zero_bubble", "parallel.zero=3", "1f1b"],
+        ),
+        (
             {
                 "parallel": {"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_virtual_stages": 4},
                 "train": {"micro_batch": 1},
