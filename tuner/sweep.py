@@ -80,6 +80,8 @@ def _finish(
     trial.set_user_attr("log_dir", str(outcome.log_dir.resolve()))
     trial.set_user_attr("duration_s", outcome.wall_s)
     if outcome.result is not None:
+        trial.set_user_attr("overhead_s", overhead_s(outcome.result, outcome.wall_s))
+    if outcome.result is not None:
         record_result(trial, outcome.result)
     missing = [o for o in objectives if (outcome.result or {}).get(o) is None]
     if outcome.ok and outcome.result is not None and missing:
@@ -116,6 +118,17 @@ def _yield_to(study: optuna.Study, trial: optuna.Trial, claim: FrozenTrial) -> s
     trial.set_user_attr("duplicate_of", claim.number)
     _drop(study, trial, "claimed", f"trial {claim.number} runs this configuration")
     return f"claimed by trial {claim.number} (running)"
+
+
+def overhead_s(result: dict, wall_s: float) -> float:
+    """A trial's fixed cost: its wall time less its timed steps (start-up, rendezvous, model
+    build, warmup, profiled steps, result writing), summed over repeats."""
+    times, timed = result["step_times_s"], result["timed_steps"]
+    if result.get("repeats", 1) > 1:  # per launch, side by side
+        spent = sum(t[i] for t, idx in zip(times, timed, strict=True) for i in idx)
+    else:
+        spent = sum(times[i] for i in timed)
+    return wall_s - spent
 
 
 def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> str:

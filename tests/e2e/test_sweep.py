@@ -54,6 +54,8 @@ def test_sweep_writes_report_and_csv_then_resumes_without_rerunning(tmp_path):
         "mfu",
     ):
         assert col in rows[0], col
+    for r in measured:  # the fixed cost: the wall time less the timed steps
+        assert 0 < float(r["overhead_s"]) < float(r["duration_s"])
     for r in measured:  # every trial's metrics are its own measured run's
         result = json.loads(
             (out / "trials" / f"{int(r['number']):04d}" / "result.json").read_text()

@@ -46,6 +46,7 @@ def test_trials_frame_columns_and_values(study: optuna.Study) -> None:
         *METRIC_COLUMNS,
         *NOTE_COLUMNS,
         "duration_s",
+        "overhead_s",
         "log_dir",
     ]
     assert param_columns(df) == params

@@ -113,4 +113,4 @@ def test_report_without_completed_trials(states: list[TrialState], tmp_path: Pat
         "fail_detail",
         "duplicate_of",
     ]
-    assert header[-2:] == ["duration_s", "log_dir"] and "tokens_per_s" in header
+    assert header[-3:] == ["duration_s", "overhead_s", "log_dir"] and "tokens_per_s" in header

@@ -35,7 +35,7 @@ LEAD_COLUMNS: tuple[str, ...] = ("number", "state", "fail_reason", "fail_detail"
 #: columns (what the memory prediction was compared with, whether the timed steps ran under
 #: the profiler, and why a blank figure is blank).
 NOTE_COLUMNS: tuple[str, ...] = ("machine", *(c.name for c in _NOTES))
-TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "log_dir")
+TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "overhead_s", "log_dir")
 #: A RUNNING trial whose worker on this host has died: shown, not changed (reporting is
 #: read-only; the next sweep run with the same sweep.name fails and requeues it).
 DEAD_WORKER_STATE = "RUNNING (worker dead)"
@@ -131,6 +131,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for col in _NOTES:
         columns[col.name] = _note(col, [col.read(r) for r in results])
     columns["duration_s"] = _column(attr("duration_s"), numeric=True).astype("float64")
+    columns["overhead_s"] = _column(attr("overhead_s"), numeric=True).astype("float64")
     columns["log_dir"] = _column(attr("log_dir"), numeric=False)
     return pd.DataFrame(columns)
 

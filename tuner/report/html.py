@@ -64,7 +64,7 @@ def _table(df: pd.DataFrame) -> str:
     """``DataFrame.to_html`` of formatted strings, HTML-escaped by pandas."""
     # Only measurements get thousands separators; trial ids and parameter values are shown as
     # they are typed (a "parallel.dp" of 1,024 would not paste back as an override).
-    measured = {*data.METRIC_COLUMNS, "duration_s"}
+    measured = {*data.METRIC_COLUMNS, "duration_s", "overhead_s"}
     shown = pd.DataFrame(
         {c: df[c].map(_fmt if c in measured else _cell_text) for c in df.columns},
         columns=df.columns,
