@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from engine.config import ConfigError
 from tuner import space as space_mod
 from tuner import workers
-from tuner.config import OBJECTIVES, PROFILED_OBJECTIVES, Loaded, replace_keys
+from tuner.config import Loaded, replace_keys
 from tuner.feasibility import MARGIN_ATTR, Infeasible, after_oom, runnable
 from tuner.launch import TrialOutcome, run_trial
 from tuner.outputs import (
@@ -39,6 +39,7 @@ from tuner.study import (
     tell,
     worker_id,
 )
+from tuner.sweep_checks import check_objectives, check_some_layout_runs, sweep_space
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _finish(
 ) -> str:
     trial.set_user_attr("log_dir", str(outcome.log_dir.resolve()))
     trial.set_user_attr("duration_s", outcome.wall_s)
-    if outcome.result is not None:
+    if outcome.result is not None and "timed_steps" in outcome.result:  # not a diverged run
         trial.set_user_attr("overhead_s", overhead_s(outcome.result, outcome.wall_s))
     if outcome.result is not None:
         record_result(trial, outcome.result)
@@ -153,10 +154,10 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
             "`checkpoint.resume=true` resumes one run; a sweep resumes by rerunning its command "
             "with the same sweep.name. Remove checkpoint.resume."
         )
-    space = _space(cfg)
+    space = sweep_space(cfg)
     searched = list(space.distributions)
     check_objectives(cfg, space)
-    _check_some_layout_runs(cfg, space)
+    check_some_layout_runs(cfg, space)
     out = sweep_dir(cfg)
     # before the study and the first trial: a folder that cannot be written fails now, not
     # after an hour of measuring
@@ -217,55 +218,6 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     report = write_report(study, out)
     echo(f"report: {report}")
     return report
-
-
-def _space(cfg: Loaded) -> space_mod.SearchSpace:
-    """The sweep's space, less the keys the command line fixes (the user's value wins)."""
-    remaining, fixed = space_mod.fixed_by_command_line(cfg.space, cfg.overrides)
-    if fixed and not remaining:
-        raise ConfigError(
-            f"the command line fixes every key the space searches ({' '.join(fixed)}), so "
-            "there is nothing to search; run one configuration with `python -m tuner run`, or "
-            "add keys to search with space.KEY=[...]."
-        )
-    return space_mod.build(remaining, cfg.run)
-
-
-# enumerating more than this many configurations of a finite space before the first launch
-# would cost more than it saves; larger spaces are checked trial by trial only
-MAX_CHECKED_UP_FRONT = 5000
-
-
-def _check_some_layout_runs(cfg: Loaded, space: space_mod.SearchSpace) -> None:
-    """A space none of whose layouts can run stops here, with the reasons grouped."""
-    from tuner.feasibility import check_space_runs
-
-    if space.size is None or space.size > MAX_CHECKED_UP_FRONT:
-        return
-    seen, candidates = set(), []
-    for params in space.grid():
-        key = space_mod.layout_key(cfg.run, params)
-        if key not in seen:
-            seen.add(key)
-            candidates.append(replace_keys(cfg.run, params))
-    check_space_runs(candidates, cfg.launcher, space_mod.user_settings(cfg.overrides))
-
-
-def check_objectives(cfg: Loaded, space: space_mod.SearchSpace) -> None:
-    """Refuse objectives that some trial of this sweep would not measure, before any launch."""
-    needs = [o for o in cfg.sweep.objectives if o in PROFILED_OBJECTIVES]
-    dist = space.distributions.get("measure.profile_steps")
-    if dist is None:
-        can_be_off = cfg.run.measure.profile_steps == 0
-    else:
-        can_be_off = 0 in getattr(dist, "choices", ()) or getattr(dist, "low", 1) <= 0
-    if needs and can_be_off:
-        raise ConfigError(
-            f"sweep.objectives={cfg.sweep.objectives} includes {needs}, measured in the profiled "
-            "steps only, but measure.profile_steps can be 0 in this sweep; valid: "
-            "measure.profile_steps >= 1, or objectives from "
-            f"{[o for o in OBJECTIVES if o not in PROFILED_OBJECTIVES]}."
-        )
 
 
 def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -> str:

@@ -171,29 +171,47 @@ _PART_COLORS = {
 }
 
 
-def time_breakdown(frame: pd.DataFrame) -> go.Figure:
-    """One stacked bar per trial: where a profiled step's time went (ms), with the stopwatch's
-    step time as a marker (the parts must add up to it)."""
+def _stacked(
+    frame: pd.DataFrame, *, title: str, unit: str, parts: tuple[str, ...], label, empty: str
+) -> go.Figure:
+    """A stacked bar per trial of ``parts`` (columns of ``frame``, in ``unit``); ``label``
+    names a part's trace. The caller adds what the bars are compared with."""
     fig = go.Figure()
     fig.update_layout(
-        title="Step-time breakdown (profiled steps, mean over ranks)",
+        title=title,
         xaxis_title="Trial",
-        yaxis_title="ms per step",
+        yaxis_title=unit,
         barmode="stack",
         height=FIG_HEIGHT,
     )
     if frame.empty:
-        return _empty(fig, "No completed trial reported a breakdown.")
-    for part in BREAKDOWN_PARTS:
+        return _empty(fig, empty)
+    for part in parts:
         fig.add_trace(
             go.Bar(
                 x=frame["trial"],
                 y=frame[part],
-                name=part.replace("_", " "),
-                marker_color=_PART_COLORS[part],
-                hovertemplate="%{x}: %{y:.2f} ms<extra>" + part + "</extra>",
+                name=label(part),
+                marker_color=_PART_COLORS.get(part, "#9467bd"),
+                hovertemplate="%{x}: %{y:.2f} " + unit + "<extra>" + part + "</extra>",
             )
         )
+    return fig
+
+
+def time_breakdown(frame: pd.DataFrame) -> go.Figure:
+    """One stacked bar per trial: where a profiled step's time went (ms), with the stopwatch's
+    step time as a marker (the parts must add up to it)."""
+    fig = _stacked(
+        frame,
+        title="Step-time breakdown (profiled steps, mean over ranks)",
+        unit="ms",
+        parts=BREAKDOWN_PARTS,
+        label=lambda part: part.replace("_", " "),
+        empty="No completed trial reported a breakdown.",
+    )
+    if frame.empty:
+        return fig
     fig.add_trace(
         go.Scatter(
             x=frame["trial"],
@@ -210,28 +228,16 @@ def time_breakdown(frame: pd.DataFrame) -> go.Figure:
 def memory_vs_prediction(frame: pd.DataFrame) -> go.Figure:
     """Predicted peak per trial, stacked by part, next to the measured peak it is compared
     with; the hover shows the prediction error."""
-    fig = go.Figure()
-    fig.update_layout(
+    fig = _stacked(
+        frame,
         title="Predicted vs measured peak memory (max over ranks)",
-        xaxis_title="Trial",
-        yaxis_title="MiB",
-        barmode="stack",
-        height=FIG_HEIGHT,
+        unit="MiB",
+        parts=MEM_PARTS,
+        label=lambda part: f"predicted {part}",
+        empty="No completed trial has both a memory prediction and the peak it is compared with.",
     )
     if frame.empty:
-        return _empty(
-            fig, "No completed trial has both a memory prediction and the peak it is compared with."
-        )
-    for part in MEM_PARTS:
-        fig.add_trace(
-            go.Bar(
-                x=frame["trial"],
-                y=frame[part],
-                name=f"predicted {part}",
-                marker_color=_PART_COLORS.get(part, "#9467bd"),
-                hovertemplate="%{x}: %{y:.2f} MiB<extra>" + part + "</extra>",
-            )
-        )
+        return fig
     for compared_to, rows in frame.groupby("compared_to", sort=False):
         errors = [f"{100 * e:+.1f}%" if not pd.isna(e) else "n/a" for e in rows["error"]]
         fig.add_trace(
