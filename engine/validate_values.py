@@ -37,7 +37,7 @@ _SHOWN = 80  # characters of a refused value echoed in the error
 class Rule:
     """What one setting may hold."""
 
-    kind: str  # int | float | bool | str | choice | floats
+    kind: str  # int | float | bool | str | choice | floats | list
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # `low` itself is refused (e.g. a learning rate of 0)
@@ -45,6 +45,8 @@ class Rule:
     max_len: int = 4096  # str: characters
     pattern: str = ""  # str: a full-match regex, described by `what`
     length: int = 0  # floats: exact number of items
+    item: Rule | None = None  # list: what each item may hold
+    min_items: int = 1  # list: fewest items
     what: str = ""  # overrides the generated description
 
     def describe(self) -> str:
@@ -57,6 +59,10 @@ class Rule:
         if self.kind == "str":
             return f"a string of at most {self.max_len} characters, without control characters"
         noun = {"int": "an integer", "float": "a finite number"}.get(self.kind, "")
+        if self.kind == "list":
+            return (
+                f"a list of at least {self.min_items} distinct items, each {self.item.describe()}"
+            )
         if self.kind == "floats":
             noun = f"a list of {self.length} finite numbers, each"
         return f"{noun} {_range(self)}".strip()
@@ -72,6 +78,13 @@ class Rule:
                 and len(value) <= self.max_len
                 and not any(c < " " or c == "\x7f" for c in value)
                 and (not self.pattern or re.fullmatch(self.pattern, value) is not None)
+            )
+        if self.kind == "list":
+            return (
+                isinstance(value, (list, tuple))
+                and len(value) >= self.min_items
+                and len(set(map(repr, value))) == len(value)
+                and all(self.item.accepts(v) for v in value)
             )
         if self.kind == "floats":
             return (

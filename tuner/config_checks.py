@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from engine.config import ConfigError
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from engine.config import AC_MODES, PP_SCHEDULES, PRECISIONS, ZERO_STAGES, ConfigError
 from engine.validate_values import SEED_MAX, Rule, check, check_all, shown
-from tuner.hydra_errors import one_line
+from tuner.hydra_errors import explain, one_line
 from tuner.schema import OBJECTIVES
 
 if TYPE_CHECKING:
@@ -37,6 +40,19 @@ TUNER_RULES: dict[str, Rule] = {
     "launcher.mem_reserve_gib": Rule("float", 0, 2**30),
     "run.out": Rule("str"),
     "export.out": _PATH,
+    "plan.world_size": Rule("int", 0, 2**24),
+    "plan.top_k": Rule("int", 1, 10**6),
+    "plan.out": Rule("str"),
+    "plan.html": Rule("str"),
+    "plan.calibrate_from": Rule("list", item=_NAME, min_items=0),
+    "plan.zero": Rule("list", item=Rule("choice", choices=ZERO_STAGES)),
+    "plan.sp": Rule("list", item=Rule("bool")),
+    "plan.pp_schedule": Rule("list", item=Rule("choice", choices=tuple(PP_SCHEDULES))),
+    "plan.pp_virtual_stages": Rule("list", item=Rule("int", 2, 64)),
+    "plan.micro_batch": Rule("list", item=Rule("int", 1, 2**20)),
+    "plan.activation_checkpointing": Rule("list", item=Rule("choice", choices=AC_MODES)),
+    "plan.precision": Rule("list", item=Rule("choice", choices=PRECISIONS)),
+    "calibrate.world_sizes": Rule("list", item=Rule("int", 2, 256)),
 }
 # keyword arguments of Optuna's samplers that take counts or seeds; the sampler classes
 # check little themselves (a seed of -1 fails only at the first trial)
@@ -63,6 +79,12 @@ def check_tuner_sections(cfg: Loaded) -> None:
         )
         for f in dataclasses.fields(obj)
     }
+    for section in ("plan", "calibrate"):  # read by their commands from the composed config
+        try:
+            node = OmegaConf.to_container(cfg.raw[section], resolve=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(explain(err)) from None
+        values.update({f"{section}.{k}": v for k, v in node.items()})
     check_all({k: v for k, v in values.items() if k in TUNER_RULES}, TUNER_RULES)
     bad = [o for o in s.objectives if o not in OBJECTIVES]
     if bad or not s.objectives or len(set(s.objectives)) != len(s.objectives):
