@@ -55,12 +55,14 @@ def cmd_plan(cfg: Loaded) -> int:
         )
     started = time.perf_counter()
     coeffs: Coefficients = prior_for(cluster)
-    bands: ErrorBands = load_bands(cluster)
+    bands = ErrorBands()  # the prior's error is not measured
     if options.calibrate_from:
         from tuner.planner.calibration import fit_to_sweeps
 
         fitted = fit_to_sweeps(cfg, options.calibrate_from, cluster)
-        coeffs, bands = fitted.coeffs, fitted.bands
+        coeffs = fitted.coeffs
+        # the held-out error of this fitting procedure where recorded, else the fit's residuals
+        bands = load_bands(cluster) if load_bands(cluster).by_kind else fitted.bands
         print(fitted.describe())
     rows = rank_all(layouts(cfg.run, world, options), cluster, coeffs)
     elapsed = time.perf_counter() - started
