@@ -3,14 +3,14 @@
 Rendezvous is on 127.0.0.1 at a free port, and nothing the ranks open listens elsewhere: rank 0
 binds the rendezvous store to loopback (engine.runtime), gloo and NCCL are held to ``lo``. Each rank
 runs in its own process session so that a timeout or a failed peer ends every process it
-started, and is killed by the kernel if its launcher dies first (Linux's parent-death signal):
+started, and is killed by the kernel if its launcher dies first (Linux's parent-death signal,
+set by engine.orphan_guard before it execs the rank):
 a `kill -9` of a sweep leaves no rank behind. A port taken between choosing and binding it is
 retried with another.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -103,18 +103,6 @@ def _kill(proc: subprocess.Popen) -> None:
             continue
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel sends SIGKILL when the launching thread dies, so
-    no rank outlives its launcher however that ends (kill -9 included). Runs between fork and
-    exec, so it only calls prctl."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def start_ranks(
     cmd: Sequence[str], nproc: int, port: int, log_dir: Path
 ) -> list[tuple[subprocess.Popen, Path]]:
@@ -124,13 +112,13 @@ def start_ranks(
         path = log_dir / f"rank{rank}.log"
         with path.open("w") as out:
             proc = subprocess.Popen(
-                list(cmd),
+                # engine.orphan_guard: the rank dies with this process, however it ends
+                [sys.executable, "-m", "engine.orphan_guard", str(os.getpid()), *cmd],
                 env=rank_env(rank=rank, nproc=nproc, port=port),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # prctl only: safe between fork and exec
             )
         procs.append((proc, path))
     return procs
