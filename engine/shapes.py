@@ -62,3 +62,16 @@ def stage_params(cfg: ModelConfig, tp: int, *, layers: int, first: bool, last: b
     if last:
         n += _norm_params(cfg) + vocab * d // tp
     return n
+
+
+def stage_tensors(cfg: ModelConfig, *, layers: int, first: bool, last: bool) -> int:
+    """Parameter tensors of a pipeline stage (the same on every tensor-parallel rank): what
+    per-tensor work such as the optimizer's update loop or FSDP's copies scales with."""
+    norm = 2 if cfg.norm == "layernorm" and cfg.bias else 1
+    linears = 4 + (3 if cfg.mlp == "swiglu" else 2)
+    n = layers * (2 * norm + linears * (2 if cfg.bias else 1))
+    if first:
+        n += 2 if cfg.position == "learned" else 1
+    if last:
+        n += norm + 1
+    return n

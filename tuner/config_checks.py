@@ -34,6 +34,9 @@ TUNER_RULES: dict[str, Rule] = {
     "sweep.out_dir": _PATH,
     "sweep.seed": Rule("int", 0, SEED_MAX),
     "sweep.allow_other_machine": Rule("bool"),
+    "sweep.seed_from_plan": Rule("int", 0, 10**6),
+    "sweep.confirm_top": Rule("int", 0, 100),
+    "sweep.confirm_rounds": Rule("int", 1, 100),
     "launcher.timeout_s": Rule("float", 0, 10**7, low_open=True),
     "launcher.max_ranks": Rule("int", 1, 2**20),
     "launcher.mem_limit_gib": Rule("float", 0, 2**30),
@@ -59,6 +62,7 @@ TUNER_RULES: dict[str, Rule] = {
 SAMPLER_RULES: dict[str, Rule] = {
     "seed": Rule("int", 0, SEED_MAX),
     "n_startup_trials": Rule("int", 0, 10**6),
+    "min_fit_trials": Rule("int", 1, 10**6),
     "n_ei_candidates": Rule("int", 1, 10**6),
     "population_size": Rule("int", 2, 10**6),
     "mutation_prob": Rule("float", 0, 1),

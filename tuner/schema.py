@@ -45,6 +45,12 @@ class SweepConfig:
     seed: int = 0  # sampler seed
     # resume (or share) the study on a machine other than the one it was measured on
     allow_other_machine: bool = False
+    # queue the performance model's K best layouts of the space first, in any sampler
+    seed_from_plan: int = 0
+    # at the end, measure again the best and those whose interval reaches it (at most this
+    # many; 0 or 1 = off), in this many interleaved rounds (tuner/confirm.py)
+    confirm_top: int = 0
+    confirm_rounds: int = 3
 
 
 @dataclass

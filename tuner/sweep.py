@@ -13,9 +13,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
+from tuner import guided_sweep, workers
 from tuner import space as space_mod
-from tuner import workers
 from tuner.config import Loaded, replace_keys
+from tuner.confirm import confirm
 from tuner.feasibility import MARGIN_ATTR, Infeasible, after_oom, runnable
 from tuner.launch import TrialOutcome, run_trial
 from tuner.outputs import (
@@ -157,6 +158,7 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     space = sweep_space(cfg)
     searched = list(space.distributions)
     check_objectives(cfg, space)
+    guided_sweep.check(cfg)
     check_some_layout_runs(cfg, space)
     out = sweep_dir(cfg)
     # before the study and the first trial: a folder that cannot be written fails now, not
@@ -180,7 +182,12 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     if done >= cfg.sweep.n_trials:
         echo(f"{done}/{cfg.sweep.n_trials} trials done; raise sweep.n_trials to add more")
     repeats, layouts = 0, space.distinct_layouts(cfg.run)
+    should_stop = guided_sweep.prepare(cfg, study, space, echo)
     while _launched(study) < cfg.sweep.n_trials:
+        why = should_stop(study) if should_stop else None
+        if why:
+            echo(why)
+            break
         trials = study.get_trials(deepcopy=False)
         tried = {t.user_attrs.get(LAYOUT_ATTR) for t in trials if _decided(t)}
         if layouts is not None and layouts <= tried:
@@ -215,6 +222,7 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
         status = _run_one(cfg, study, trial, out)
         repeats = repeats + 1 if status.startswith("pruned") else 0
         progress.line(study, trial, status)
+    confirm(cfg, study, out, echo)
     report = write_report(study, out)
     echo(f"report: {report}")
     return report

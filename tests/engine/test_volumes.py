@@ -82,3 +82,17 @@ def test_full_checkpointing_repeats_the_tensor_parallel_forward():
     # the attention output's all-reduce again, per block and micro-batch (4); the MLP's, the
     # block's last, is not recomputed
     assert fwd["full"] - fwd["plain"] == plain.model.n_layers * 4
+
+
+@pytest.mark.parametrize("model", [{}, LLAMA], ids=["gpt2", "llama"])
+def test_parameter_tensors_per_stage_match_the_module(model):
+    import torch
+
+    from engine.model import GPT
+    from engine.shapes import stage_tensors
+
+    cfg = _cfg({}, model=model).model
+    with torch.device("meta"):
+        module = GPT(cfg)
+    whole = stage_tensors(cfg, layers=cfg.n_layers, first=True, last=True)
+    assert whole == len(list(module.parameters()))

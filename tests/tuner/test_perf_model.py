@@ -11,7 +11,7 @@ import yaml
 from engine.config import ConfigError, RunConfig
 from tests.helpers import REPO, tiny_config
 from tuner.perf import cluster as clusters
-from tuner.perf.features import FEATURES, features
+from tuner.perf.features import FEATURES, bubble, features
 from tuner.perf.model import GPU_PRIOR, Coefficients, fit, predict
 
 LLAMA_7B = yaml.safe_load((REPO / "conf/model/llama-7b.yaml").read_text())
@@ -67,16 +67,20 @@ def test_pipeline_bubble_shrinks_with_interleaving_and_zero_bubble():
     assert steps["zbv_zero_bubble"] < steps["interleaved_1f1b"] < steps["1f1b"]
 
 
-def test_fit_recovers_coefficients_that_generated_the_steps():
-    c = clusters.load("h100-sxm")
-    true = {k: v * (1.5 if i % 2 else 0.7) for i, (k, v) in enumerate(GPU_PRIOR.items())}
-    layouts = [
+def _varied_layouts() -> list[RunConfig]:
+    return [
         _llama({"dp": dp, "tp": tp, "pp": pp, "zero": zero}, micro_batch=mb)
         for dp, tp, pp in ((8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2), (4, 1, 2))
         for zero in (0, 1, 2, 3)
         for mb in (1, 2, 4)
         if not (zero == 1 and (tp > 1 or pp > 1))
     ]
+
+
+def test_fit_recovers_coefficients_that_generated_the_steps():
+    c = clusters.load("h100-sxm")
+    true = {k: v * (1.5 if i % 2 else 0.7) for i, (k, v) in enumerate(GPU_PRIOR.items())}
+    layouts = _varied_layouts()
     measured = [(cfg, sum(true[k] * v for k, v in features(cfg, c).items())) for cfg in layouts]
     result = fit(measured, lambda _: c, prior=Coefficients(), prior_weight=1e-4)
     assert result.mape < 1e-3
@@ -88,3 +92,37 @@ def test_features_cover_every_coefficient():
     x = features(_llama({"dp": 8, "zero": 3}), clusters.load("h100-sxm"))
     assert set(x) == set(FEATURES)
     assert x["comm_dp3"] > 0 and x["comm_dp0"] == 0 and x["comm_tp"] == 0
+
+
+def test_few_micro_batches_leave_no_schedule_a_bubble_below_one_micro_batchs_path():
+    # m micro-batches over pp stages last at least pp micro-batch times: B >= pp - m
+    for schedule in ("1f1b", "interleaved_1f1b", "zbv_zero_bubble", "dualpipev"):
+        assert bubble(schedule, 4, 2, 1) == 3
+    assert bubble("zbv_zero_bubble", 4, 2, 16) == pytest.approx(0.5)
+    assert bubble("interleaved_1f1b", 4, 2, 16) == pytest.approx(1.5)
+    assert bubble("1f1b", 1, 1, 1) == 0
+
+
+def test_host_work_stretches_where_ranks_share_cores():
+    c = clusters.load("h100-sxm")
+    shared = dataclasses.replace(c, time_share=2.0)
+    cfg = _llama({"tp": 2, "pp": 2, "dp": 2, "zero": 3})
+    alone, two = features(cfg, c), features(cfg, shared)
+    for k in ("calls", "tp_calls", "pp_hops", "opt_dtensors", "step"):
+        assert two[k] == pytest.approx(2 * alone[k]) and alone[k] > 0
+    for k in ("matmul", "comm_tp", "comm_dp3", "optimizer"):  # measured rates carry the sharing
+        assert two[k] == alone[k]
+    with pytest.raises(ConfigError, match=r"cluster\.time_share"):
+        clusters.from_dict({"time_share": 0.5})
+
+
+def test_fit_holds_every_coefficient_above_its_floor_and_refits_the_rest():
+    c = clusters.load("h100-sxm")
+    # data that would want an all-reduce of negative time
+    true = dict(GPU_PRIOR, comm_dp0=-GPU_PRIOR["comm_dp0"])
+    measured = [
+        (cfg, sum(true[k] * v for k, v in features(cfg, c).items())) for cfg in _varied_layouts()
+    ]
+    result = fit(measured, lambda _: c, prior=Coefficients(), prior_weight=1e-4)
+    assert result.coeffs.values["comm_dp0"] == pytest.approx(0.05 * GPU_PRIOR["comm_dp0"])
+    assert result.mape < 0.05

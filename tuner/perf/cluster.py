@@ -46,6 +46,9 @@ class Cluster:
     peak_tflops: dict[str, float] = field(default_factory=dict)
     mem_reserve_gib: float = 2.0  # what the runtime and allocator keep for themselves
     backend: str = "nccl"  # nccl | gloo: how a reduce-scatter runs (gloo: as an all-reduce)
+    # ranks per core where a node runs more ranks than it has cores (CPU ranks): each rank's
+    # host work stretches by it; 1 on GPUs, one rank per device
+    time_share: float = 1.0
 
     @property
     def world_size(self) -> int:
@@ -101,6 +104,9 @@ def check(cluster: Cluster) -> Cluster:
             f"`cluster.mem_reserve_gib` must lie in [0, cluster.mem_gib={cluster.mem_gib}), "
             f"but got {cluster.mem_reserve_gib!r}."
         )
+    share = cluster.time_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not share >= 1:
+        raise ConfigError(f"`cluster.time_share` must be a number >= 1, but got {share!r}.")
     if cluster.backend not in ("nccl", "gloo"):
         raise ConfigError(f"`cluster.backend` must be nccl or gloo, but got {cluster.backend!r}.")
     unknown = sorted(set(cluster.peak_tflops) - set(PRECISIONS))

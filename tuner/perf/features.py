@@ -10,6 +10,11 @@ The step of the slowest pipeline rank, in units of one micro-batch's forward and
 through that rank's stages (t), lasts (m + B)·t with m micro-batches and B the schedule's
 bubble in those units (``BUBBLE``); data-parallel communication, the optimizer step and the
 per-step constant come on top.
+
+Features counted in calls (layer invocations, pipeline hops, parameter tensors, steps) are
+host work; where ranks outnumber cores (``Cluster.time_share``) each rank gets that share of
+a core, so they stretch by it. Rates (FLOP/s, bytes/s) are measured with every rank busy and
+carry the sharing already.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from engine.config import RunConfig
 from engine.metrics.bandwidth import bus_factor
 from engine.metrics.volumes import Collective, collectives, n_micro, rank_params
+from engine.shapes import stage_tensors
 from engine.stages import local_stage_ids, n_stages, representative_ranks, stage_sizes
 from tuner.perf.cluster import Cluster, group_strides
 
@@ -32,13 +38,17 @@ FEATURES = (
     "matmul_small",  # the same over the matrices' smaller side: small matrices run slower
     "elementwise",  # activation bytes read and written by norms, activations, softmax / HBM
     "calls",  # layer invocations (forward and backward): launch and interpreter overhead
+    "tp_calls",  # invocations of tensor-parallel layers: DTensor dispatch, collectives' waits
     "comm_tp",  # tensor-parallel collectives: latency + bus bytes / link bandwidth
     "comm_pp",  # pipeline sends
+    "pp_hops",  # pipeline sends per step: each waits for its peer to reach it
     "comm_dp0",  # data-parallel collectives, by ZeRO stage (each overlaps differently)
     "comm_dp1",
     "comm_dp2",
     "comm_dp3",
     "optimizer",  # optimizer-state bytes / HBM bandwidth
+    "opt_tensors",  # parameter tensors the optimizer updates one by one (plain tensors)
+    "opt_dtensors",  # ... as DTensors (ZeRO-2/3 shards, tensor-parallel weights): dispatch
     "step",  # 1 per step: what does not scale with the model (seconds)
 )
 
@@ -57,6 +67,15 @@ BUBBLE = {
 }
 
 
+def bubble(schedule: str, pp: int, v: int, micro: int) -> float:
+    """The schedule's bubble, but never less than one micro-batch's own path through every
+    stage allows: with m micro-batches the step lasts at least pp·t, so B >= pp - m (a
+    zero-bubble schedule with one micro-batch is as sequential as GPipe)."""
+    if pp == 1:
+        return 0.0
+    return max(BUBBLE[schedule](pp, v), pp - micro)
+
+
 @dataclass(frozen=True)
 class RankLoad:
     """What one pipeline rank does per micro-batch (forward + backward, recompute included)."""
@@ -66,8 +85,11 @@ class RankLoad:
     small_flops: float  # flops / smaller matrix side
     elem_bytes: float
     calls: float
+    tp_calls: float
     comm_tp: float  # seconds per micro-batch at link rate
     comm_pp: float
+    hops: float  # pipeline sends per micro-batch
+    tensors: int  # parameter tensors held
 
 
 def _op_flops(cfg: RunConfig, layers: int, *, head: bool) -> float:
@@ -108,15 +130,32 @@ def _rank_load(cfg: RunConfig, cluster: Cluster, pp_rank: int, peak: float) -> R
     strides = group_strides(p.tp, p.dp)
     micro = n_micro(cfg)
     own = collectives(cfg, pp_rank, backend=cluster.backend)
+    sends = [c for c in own if c.kind == "send"]
+    # forward, backward, and the blocks' forward again under full checkpointing
+    calls = (3 if t.activation_checkpointing == "full" else 2) * layers + 2 * stages
     return RankLoad(
         pp_rank,
         flops / peak,
         flops / peak / max(side, 1),
         elem / (cluster.hbm_gbps * 1e9),
-        2 * (layers + stages),
+        calls,
+        calls if p.tp > 1 else 0,
         _comm_seconds([c for c in own if c.group == "tp"], cluster, p.tp, strides["tp"]) / micro,
-        _comm_seconds([c for c in own if c.kind == "send"], cluster, p.pp, strides["pp"]) / micro,
+        _comm_seconds(sends, cluster, p.pp, strides["pp"]) / micro,
+        sum(c.count for c in sends) / micro,
+        sum(stage_tensors(m, layers=n, first=f, last=la) for n, f, la in _stages_of(cfg, pp_rank)),
     )
+
+
+def _stages_of(cfg: RunConfig, pp_rank: int) -> list[tuple[int, bool, bool]]:
+    """(layers, first, last) of each stage pipeline rank ``pp_rank`` runs."""
+    p, m = cfg.parallel, cfg.model
+    total = n_stages(p)
+    if total == 1:
+        return [(m.n_layers, True, True)]
+    sizes = stage_sizes(m, total)
+    ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+    return [(sizes[s], s == 0, s == total - 1) for s in ids]
 
 
 def _comm_seconds(items: list[Collective], cluster: Cluster, size: int, stride: int) -> float:
@@ -140,16 +179,19 @@ def features(cfg: RunConfig, cluster: Cluster, *, slowest: int | None = None) ->
     loads = [_rank_load(cfg, cluster, r, peak) for r in ranks]
     load = max(loads, key=lambda x: x.flops + x.elem_bytes + x.comm_tp + x.comm_pp)
     m = n_micro(cfg)
-    scale = m + (BUBBLE[p.pp_schedule](p.pp, p.pp_virtual_stages) if p.pp > 1 else 0)
+    scale = m + bubble(p.pp_schedule, p.pp, p.pp_virtual_stages, m)
+    share = cluster.time_share
     out = dict.fromkeys(FEATURES, 0.0)
     out.update(
         matmul=scale * load.flops,
         matmul_small=scale * load.small_flops,
         elementwise=scale * load.elem_bytes,
-        calls=scale * load.calls,
+        calls=scale * load.calls * share,
+        tp_calls=scale * load.tp_calls * share,
         comm_tp=scale * load.comm_tp,
         comm_pp=scale * load.comm_pp,
-        step=1.0,
+        pp_hops=scale * load.hops * share,
+        step=share,
     )
     strides = group_strides(p.tp, p.dp)
     own = collectives(cfg, load.pp_rank, backend=cluster.backend)
@@ -158,4 +200,6 @@ def features(cfg: RunConfig, cluster: Cluster, *, slowest: int | None = None) ->
     psi = rank_params(cfg, load.pp_rank)
     shards = p.dp if p.zero >= 1 else 1
     out["optimizer"] = OPTIMIZER_BYTES * psi / shards / (cluster.hbm_gbps * 1e9)
+    dtensors = p.zero >= 2 or p.tp > 1
+    out["opt_dtensors" if dtensors else "opt_tensors"] = load.tensors * share
     return out

@@ -92,6 +92,28 @@ def save(entries: dict[int, dict[str, Any]]) -> Path:
     return path
 
 
+def measured_sizes() -> dict[int, dict[str, Any]]:
+    """The saved profile's entries by world size ({} if none, or measured elsewhere)."""
+    try:
+        data = json.loads(profile_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if data.get("machine") != current().id:
+        return {}
+    return {int(k): v for k, v in data["world_sizes"].items()}
+
+
+def ensure(world_sizes: list[int], *, echo=print) -> None:
+    """Measure the world sizes the saved profile lacks, keeping the ones it has."""
+    entries = measured_sizes()
+    missing = sorted(set(world_sizes) - set(entries))
+    for w in missing:
+        echo(f"measuring this machine at {w} ranks for the performance model (tuner calibrate)")
+        entries[w] = entry(measure(w))
+    if missing:
+        save(entries)
+
+
 def cluster(world_size: int, *, mem_gib: float) -> Cluster:
     """This machine as a cluster of ``world_size`` CPU ranks, from the saved profile."""
     path = profile_path()
@@ -102,7 +124,8 @@ def cluster(world_size: int, *, mem_gib: float) -> Cluster:
         raise ConfigError(
             f"`cluster=local` needs this machine's profile ({path}); {hint}."
         ) from None
-    if data.get("machine") != current().id:
+    machine = current()
+    if data.get("machine") != machine.id:
         raise ConfigError(f"{path} was measured on another machine; {hint}.")
     e = data["world_sizes"].get(str(world_size))
     if e is None:
@@ -123,4 +146,6 @@ def cluster(world_size: int, *, mem_gib: float) -> Cluster:
         inter_node_latency_us=e["link_latency_us"],
         peak_tflops=dict(e["peak_tflops"]),
         backend="gloo",
+        # ranks x threads per rank over the cores: above 1, ranks take turns on the cores
+        time_share=max(1.0, world_size * e["threads"] / machine.cores),
     )

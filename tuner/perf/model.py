@@ -32,25 +32,34 @@ GPU_PRIOR: dict[str, float] = {
     "matmul_small": 1.7 * 128,
     "elementwise": 1.4,
     "calls": 20e-6,
+    "tp_calls": 20e-6,
     "comm_tp": 1.25,
     "comm_pp": 1.25,
+    "pp_hops": 20e-6,
     "comm_dp0": 0.4,
     "comm_dp1": 0.6,
     "comm_dp2": 0.5,
     "comm_dp3": 0.6,
     "optimizer": 1.4,
+    "opt_tensors": 5e-6,
+    "opt_dtensors": 20e-6,
     "step": 5e-3,
 }
 
 
 # priors for CPU ranks over gloo (the `local` cluster, measured rates): matmuls near the
-# measured peak, per-layer interpreter overhead in the 100s of microseconds, collectives that
-# run beside compute only as far as gloo's worker threads allow
+# measured peak, per-layer interpreter overhead in the 100s of microseconds and milliseconds
+# per tensor-parallel layer (DTensor dispatch, blocking collectives) and pipeline hop,
+# collectives that run beside compute only as far as gloo's worker threads allow
 CPU_PRIOR: dict[str, float] = {
     **GPU_PRIOR,
     "matmul": 1.3,
     "matmul_small": 1.3 * 32,
     "calls": 300e-6,
+    "tp_calls": 3e-3,
+    "pp_hops": 2e-3,
+    "opt_tensors": 50e-6,
+    "opt_dtensors": 500e-6,
     "comm_dp0": 0.8,
     "comm_dp1": 0.9,
     "comm_dp2": 0.9,
@@ -100,6 +109,21 @@ class Fit:
         return float(np.mean(np.abs(self.residuals))) if self.residuals else float("nan")
 
 
+def _bounded_lstsq(a: np.ndarray, b: np.ndarray, *, floor: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= its floor (a part is never free): coefficients
+    that fall below it are held there and the rest refitted, until none does."""
+    held = np.zeros(len(floor), dtype=bool)
+    while True:
+        theta = floor.copy()
+        free = ~held
+        rest = b - a[:, held] @ floor[held]
+        theta[free], *_ = np.linalg.lstsq(a[:, free], rest, rcond=None)
+        low = free & (theta < floor)
+        if not low.any():
+            return theta
+        held |= low
+
+
 def fit(
     measured: list[tuple[RunConfig, float]],
     cluster_of: Callable[[RunConfig], Cluster],
@@ -120,9 +144,7 @@ def fit(
     reg = np.diag(np.where(used, prior_weight / theta0, 1.0 / theta0))
     a_full = np.vstack([a, reg])
     b_full = np.concatenate([b, reg @ theta0])
-    theta, *_ = np.linalg.lstsq(a_full, b_full, rcond=None)
-    # a part is never free: each coefficient keeps at least a twentieth of its prior
-    theta = np.maximum(theta, 0.05 * theta0)
+    theta = _bounded_lstsq(a_full, b_full, floor=0.05 * theta0)
     residuals = (rows @ theta - times) / times
     values = dict(zip(FEATURES, (float(v) for v in theta), strict=True))
     return Fit(Coefficients(values, source), [float(r) for r in residuals])

@@ -119,5 +119,7 @@ def cmd_calibrate(cfg: Loaded) -> int:
             f"collectives {e['link_latency_us']:.0f} us + bytes / {e['link_gbps']:.2f} GB/s "
             f"({time.perf_counter() - started:.0f} s)"
         )
-    print(f"wrote {local.save(entries)}; plan with cluster=local plan.world_size=N")
+    # world sizes measured before and not asked for now are kept
+    path = local.save({**local.measured_sizes(), **entries})
+    print(f"wrote {path}; plan with cluster=local plan.world_size=N")
     return 0
