@@ -58,7 +58,7 @@ def throughput(side: pd.DataFrame, names: Sequence[str]) -> go.Figure:
         )
     fig.update_layout(
         barmode="group",
-        height=140 + ROW_PX * len(layouts) * (len(names) + 1) // 2,
+        height=180 + ROW_PX * len(layouts) * len(names),
         xaxis_title="tokens/s (bars: the 95% interval of the median where measured)",
         yaxis={"categoryorder": "array", "categoryarray": layouts[::-1]},
         legend_title_text="sweep",
@@ -91,7 +91,7 @@ def ratios(side: pd.DataFrame, names: Sequence[str]) -> go.Figure:
         )
     fig.add_vline(x=1, line_dash="dot", line_color="#666")
     fig.update_layout(
-        height=140 + ROW_PX * len(layouts),
+        height=180 + 2 * ROW_PX * len(layouts),
         xaxis_title=f"tokens/s relative to {names[0]} (1 = as fast)",
         yaxis={"categoryorder": "array", "categoryarray": layouts[::-1]},
         margin={"l": 10},
