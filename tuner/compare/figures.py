@@ -41,7 +41,8 @@ def throughput(side: pd.DataFrame, names: Sequence[str]) -> go.Figure:
     """The shared layouts, one bar per sweep, fastest in the reference on top."""
     layouts = list(dict.fromkeys(side["layout"]))
     fig = go.Figure()
-    for name in names:
+    # plotly stacks a group's bars upwards: added last to first, the reference is on top
+    for name in reversed(names):
         part = side[side["sweep"] == name]
         fig.add_trace(
             go.Bar(
@@ -61,7 +62,7 @@ def throughput(side: pd.DataFrame, names: Sequence[str]) -> go.Figure:
         height=180 + ROW_PX * len(layouts) * len(names),
         xaxis_title="tokens/s (bars: the 95% interval of the median where measured)",
         yaxis={"categoryorder": "array", "categoryarray": layouts[::-1]},
-        legend_title_text="sweep",
+        legend={"title_text": "sweep", "traceorder": "reversed"},
         margin={"l": 10},
     )
     return fig
