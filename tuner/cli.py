@@ -23,7 +23,7 @@ from tuner.config import CONF_DIR, Loaded, check_sampler, load
 from tuner.summary import format_run
 
 EXIT_USAGE = 2
-COMMANDS = ("sweep", "run", "report", "export", "plan", "calibrate")
+COMMANDS = ("sweep", "run", "report", "export", "plan", "calibrate", "compare")
 
 USAGE = """usage: python -m tuner COMMAND [KEY=VALUE ...] [--cfg job] [--help]
 
@@ -33,6 +33,7 @@ USAGE = """usage: python -m tuner COMMAND [KEY=VALUE ...] [--cfg job] [--help]
   export   consolidate the newest checkpoint in checkpoint.dir into export.out (plain torch)
   plan     rank every layout of the model on cluster= by the performance model (no launch)
   calibrate  measure this machine for cluster=local (matmuls, memory, collectives)
+  compare  NAME NAME [NAME...]: several sweeps on one page (reports/compare/)
 
 Overrides use Hydra syntax, e.g.:
   python -m tuner sweep model=tiny sweep.name=first sweep.n_trials=6
@@ -131,6 +132,12 @@ def _cmd_calibrate(cfg: Loaded) -> int:
     return cmd_calibrate(cfg)
 
 
+def _cmd_compare(cfg: Loaded, names: list[str]) -> int:
+    from tuner.compare.command import cmd_compare
+
+    return cmd_compare(cfg, names)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -150,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
+        names: list[str] = []
+        if command == "compare":  # the sweep names come first, then the overrides
+            from tuner.compare.command import split_names
+
+            names, rest = split_names(rest)
         cfg = load(rest)
         if show_cfg:
             print(OmegaConf.to_yaml(cfg.raw))
@@ -161,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": _cmd_export,
             "plan": _cmd_plan,
             "calibrate": _cmd_calibrate,
+            "compare": lambda c: _cmd_compare(c, names),
         }
         return commands[command](cfg)
     except ConfigError as err:

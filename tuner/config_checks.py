@@ -56,6 +56,8 @@ TUNER_RULES: dict[str, Rule] = {
     "plan.activation_checkpointing": Rule("list", item=Rule("choice", choices=AC_MODES)),
     "plan.precision": Rule("list", item=Rule("choice", choices=PRECISIONS)),
     "calibrate.world_sizes": Rule("list", item=Rule("int", 2, 256)),
+    "compare.force": Rule("bool"),
+    "compare.out": Rule("str"),
 }
 # keyword arguments of Optuna's samplers that take counts or seeds; the sampler classes
 # check little themselves (a seed of -1 fails only at the first trial)
@@ -83,7 +85,8 @@ def check_tuner_sections(cfg: Loaded) -> None:
         )
         for f in dataclasses.fields(obj)
     }
-    for section in ("plan", "calibrate"):  # read by their commands from the composed config
+    # read by their commands from the composed config
+    for section in ("plan", "calibrate", "compare"):
         try:
             node = OmegaConf.to_container(cfg.raw[section], resolve=True)
         except OmegaConfBaseException as err:

@@ -99,6 +99,14 @@ class CalibrateOptions:
 
 
 @dataclass
+class CompareOptions:
+    """`tuner compare NAME NAME...`: several sweeps on one page."""
+
+    force: bool = False  # compare sweeps that measured different models
+    out: str = ""  # the page; "" = <sweep.out_dir>/compare/<name>-vs-<name>.html
+
+
+@dataclass
 class _TunerSections:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
@@ -109,6 +117,7 @@ class _TunerSections:
     cluster: dict[str, Any] = field(default_factory=dict)  # checked by tuner.perf.cluster
     plan: PlanOptions = field(default_factory=PlanOptions)
     calibrate: CalibrateOptions = field(default_factory=CalibrateOptions)
+    compare: CompareOptions = field(default_factory=CompareOptions)
 
 
 # the tuner's own sections: the keys of the schema that are not run sections
