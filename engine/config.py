@@ -19,6 +19,8 @@ NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 AC_MODES = ("none", "selective", "full")  # train.activation_checkpointing
 ZERO_STAGES = (0, 1, 2, 3)  # parallel.zero
+DATA_KINDS = ("synthetic", "tokens")  # data.kind
+TOKEN_DTYPES = ("uint16", "uint32")  # data.dtype: what nanoGPT-style pipelines write
 # pipeline schedule -> (stage placement, its class in torch.distributed.pipelining.schedules,
 # the first torch release that has that class). Placement: "single" (one stage per rank),
 # "loop" (several, looped) or "v" (two, in a V). Names only, so that validating a config does
@@ -148,6 +150,15 @@ class DebugConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the training tokens come from (engine/data.py)."""
+
+    kind: str = "synthetic"  # synthetic (seeded induction task) | tokens (a file of token ids)
+    path: str = ""  # kind=tokens: a flat binary file of token ids, memory-mapped
+    dtype: str = "uint16"  # kind=tokens: the file's id type, uint16 | uint32
+
+
+@dataclass
 class RunConfig:
     """Everything one training run needs."""
 
@@ -157,6 +168,7 @@ class RunConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     device: str = "auto"  # auto: cuda when available, else cpu
     peak_flops: float = 0.0  # measure.peak_tflops in FLOP/s (older key; both set must agree)
     out: str = ""  # where rank 0 writes the result JSON ("" = do not write)

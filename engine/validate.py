@@ -20,9 +20,11 @@ from engine.config import (
     ConfigError,
     RunConfig,
 )
+from engine.token_file import check_tokens
 from engine.validate_values import check_run_values
 
-# Only torch-free modules above: the CLI validates a config before (and without) importing torch.
+# Only torch-free modules above (numpy is fine): the CLI validates a config before (and
+# without) importing torch.
 
 # schedules that refuse fewer micro-batches than this many stages (total or per rank group)
 _MIN_MICRO = {"1f1b": "pp", "dualpipev": "stages"}
@@ -110,6 +112,7 @@ def validate_values(cfg: RunConfig) -> None:
             "set device=cpu or leave it unset."
         )
     validate_peak(cfg)
+    check_tokens(cfg.data, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len)
 
 
 def validate_peak(cfg: RunConfig) -> None:
