@@ -16,14 +16,16 @@ from engine.recipe import Recipe
 from engine.record import RankRecord as RankRecord  # re-exported: results and tests read it here
 from engine.record import profile_window as profile_window
 from engine.runtime import DistContext
+from engine.sources import recipe_for
 from engine.step import MAX_CONSECUTIVE_SKIPS as MAX_CONSECUTIVE_SKIPS
 from engine.step import Diverged as Diverged
 from engine.step import TrainStep
 
 
 def train(cfg: RunConfig, ctx: DistContext, recipe: Recipe | None = None) -> RankRecord:
-    """Train ``recipe``'s model (default: the run's GPT) on the run's tokens (``data``)."""
+    """Train ``recipe``'s model (default: the run's ``model.source``) on the run's tokens."""
     t, device = cfg.train, ctx.device
+    recipe = recipe or recipe_for(cfg)
     trainer = TrainStep.build(cfg, ctx, recipe)
     record = RankRecord(rank=ctx.rank, has_loss=trainer.stepper.has_loss)
     checkpoints = Checkpointing(cfg, trainer, record, rank=ctx.rank)  # may resume: first_step

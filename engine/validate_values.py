@@ -20,6 +20,7 @@ from engine.config import (
     DATA_KINDS,
     DEVICES,
     MLP_TYPES,
+    MODEL_SOURCES,
     NORM_TYPES,
     POSITIONS,
     PP_SCHEDULES,
@@ -166,6 +167,14 @@ RUN_RULES: dict[str, Rule] = {
     "model.bias": Rule("bool"),
     "model.norm_eps": _float(0, 1, low_open=True),
     "model.init_std": _float(0, 1, low_open=True),
+    "model.source": Rule("choice", choices=MODEL_SOURCES),
+    "model.hf_config": Rule("str"),
+    "model.factory": Rule(
+        "str",
+        pattern=r"|[A-Za-z_][\w.]*:[A-Za-z_]\w*",
+        what='"pkg.module:function" (a module Python can import, and a function in it)',
+    ),
+    "model.n_kv_heads": _int(0, 4096),  # 0: as many as model.n_heads
     "parallel.world_size": _int(0, 2**20),  # 0: not fixed
     "parallel.dp": _int(0, 2**20),  # 0: world_size / (tp * pp)
     "parallel.tp": _int(1, 4096),
