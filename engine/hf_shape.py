@@ -89,7 +89,7 @@ def resolve_hf(m: ModelConfig) -> ModelConfig:
             )
     name = m.name
     if name == "hf":  # the preset's placeholder: name the run after the configuration
-        name = f"hf:{path.parent.name if path.name == 'config.json' else path.stem}"
+        name = f"hf-{path.parent.name if path.name == 'config.json' else path.stem}"
     return dataclasses.replace(m, **fixed, name=name, hf_config=str(path))
 
 

@@ -154,12 +154,19 @@ def validate_peak(cfg: RunConfig) -> None:
         )
 
 
+def resolve_model(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the shape of a transformers configuration read in (``model=hf``)."""
+    if cfg.model.source != "hf":
+        return cfg
+    cfg = dataclasses.replace(cfg, model=resolve_hf(cfg.model))
+    validate_model(cfg)
+    return cfg
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill in derived settings: a transformers configuration's shape (``model=hf``), and
     ``parallel.dp=0`` as world_size / (tp * pp)."""
-    if cfg.model.source == "hf":
-        cfg = dataclasses.replace(cfg, model=resolve_hf(cfg.model))
-        validate_model(cfg)
+    cfg = resolve_model(cfg)
     p = cfg.parallel
     if p.dp != 0:
         return cfg

@@ -97,7 +97,7 @@ def test_shipped_configurations_have_the_published_sizes(config):
     # the published sizes: 8.03B, 7.62B, 7.25B (Qwen2.5's q/k/v biases aside)
     published = {"llama-3-8b": 8.03, "qwen2.5-7b": 7.62, "mistral-7b": 7.25}[config]
     assert billions == pytest.approx(published, abs=0.01)
-    assert m.name == f"hf:{config}" and m.kv_heads < m.n_heads
+    assert m.name == f"hf-{config}" and m.kv_heads < m.n_heads
 
 
 def test_formula_notes_name_what_the_formulas_leave_out():
