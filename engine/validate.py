@@ -140,7 +140,6 @@ def validate_values(cfg: RunConfig) -> None:
             "set device=cpu or leave it unset."
         )
     validate_peak(cfg)
-    check_tokens(cfg.data, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len)
 
 
 def validate_peak(cfg: RunConfig) -> None:
@@ -154,19 +153,20 @@ def validate_peak(cfg: RunConfig) -> None:
         )
 
 
-def resolve_model(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the shape of a transformers configuration read in (``model=hf``)."""
-    if cfg.model.source != "hf":
-        return cfg
-    cfg = dataclasses.replace(cfg, model=resolve_hf(cfg.model))
-    validate_model(cfg)
+def resolve_sources(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the shape of a transformers configuration read in (``model=hf``), its
+    token file (``data=tokens``) checked against the vocabulary that results."""
+    if cfg.model.source == "hf":
+        cfg = dataclasses.replace(cfg, model=resolve_hf(cfg.model))
+        validate_model(cfg)
+    check_tokens(cfg.data, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len)
     return cfg
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill in derived settings: a transformers configuration's shape (``model=hf``), and
     ``parallel.dp=0`` as world_size / (tp * pp)."""
-    cfg = resolve_model(cfg)
+    cfg = resolve_sources(cfg)
     p = cfg.parallel
     if p.dp != 0:
         return cfg

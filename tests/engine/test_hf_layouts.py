@@ -69,3 +69,12 @@ def test_hf_checkpoint_resumes_across_layouts(tmp_path, reference):
         first = out["first_step"]
         assert first == 2 * i
         torch.testing.assert_close(out["losses"], ref_losses[first:steps], rtol=0, atol=LOSS_ATOL)
+    # the consolidated weights are transformers' own: they load into the plain model
+    from engine.export import export
+    from engine.hf_model import build
+    from engine.validate import validate
+
+    out, step = export(ckpt, tmp_path / "model.pt")
+    assert step == 4
+    model = build(validate(_cfg({}, {})).model, seed=1)
+    model.load_state_dict(torch.load(out, weights_only=True))  # strict: every name matches

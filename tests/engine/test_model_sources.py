@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,6 +116,17 @@ def test_hf_layouts_the_engine_cannot_lay_out_are_refused():
         validate(hf(parallel={"tp": 4}))
 
 
+def test_a_token_file_is_checked_against_the_configurations_vocabulary(tmp_path):
+    ids = np.full(2000, 128_255, dtype=np.uint32)  # Llama 3's last id: far beyond the default
+    ids.tofile(tmp_path / "ok.bin")
+    data = {"kind": "tokens", "path": str(tmp_path / "ok.bin"), "dtype": "uint32"}
+    validate(hf("llama-3-8b", data=data))
+    ids[1500] = 128_256
+    ids.tofile(tmp_path / "bad.bin")
+    with pytest.raises(ConfigError, match="token id 128256 at position 1500"):
+        validate(hf("llama-3-8b", data={**data, "path": str(tmp_path / "bad.bin")}))
+
+
 def test_the_shape_formulas_count_the_transformers_module():
     from engine.hf_model import HFRecipe
 
@@ -125,18 +137,18 @@ def test_the_shape_formulas_count_the_transformers_module():
 
 @pytest.mark.slow
 def test_a_broken_factory_is_one_failed_trial_of_a_sweep(tmp_path):
-    good, bad = f"{FACTORIES}:tiny_lm", f"{FACTORIES}:broken"
+    factory = f"{FACTORIES}:broken_for_seed_1"
     proc = cli(
-        "sweep", "model=custom", f"model.factory={good}", "train.steps=4",
+        "sweep", "model=custom", f"model.factory={factory}", "train.steps=4",
         "train.warmup_steps=1", "sweep.name=factories", "sweep.n_trials=2", "sampler=bruteforce",
-        "~space.train", "~space.parallel", f"+space.model.factory=['{good}','{bad}']",
+        "~space.train", "~space.parallel", "+space.train.seed=[0,1]",
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (tmp_path / "reports" / "factories" / "trials.csv").open() as f:
-        rows = {r["model.factory"]: r for r in csv.DictReader(f)}
-    assert rows[good]["state"] == "COMPLETE"
-    assert (rows[bad]["state"], rows[bad]["fail_reason"]) == ("FAIL", "crash")
-    assert f"model.factory={bad} raised ValueError" in rows[bad]["fail_detail"]
+        rows = {r["train.seed"]: r for r in csv.DictReader(f)}
+    assert rows["0"]["state"] == "COMPLETE"
+    assert (rows["1"]["state"], rows["1"]["fail_reason"]) == ("FAIL", "crash")
+    assert f"model.factory={factory} raised ValueError" in rows["1"]["fail_detail"]
     logs = "".join(p.read_text() for p in (tmp_path / "reports").rglob("*.log"))
-    assert "no model for vocab 256" in logs and "factories.py" in logs  # the user's traceback
+    assert "with seed 1" in logs and "factories.py" in logs  # the user's traceback
