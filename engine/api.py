@@ -44,19 +44,6 @@ from engine.state import gather_full_state
 from engine.step import Diverged, TrainStep
 from engine.validate import validate
 
-# figures the result derives from the GPT's shape (FLOPs, memory model, analytic traffic):
-# a user's module has no such model, so they are not reported for it
-_SHAPE_FIGURES = (
-    "flops_per_token",
-    "mfu",
-    "hfu",
-    "predicted_peak_mem_bytes",
-    "predicted_peak_mem_bytes_per_rank",
-    "mem_breakdown",
-    "mem_prediction_error",
-    "comm_bytes_analytic",
-)
-
 
 @dataclass
 class EngineConfig:
@@ -196,7 +183,7 @@ class Engine:
         cfg = dataclasses.replace(self.cfg, model=model)
         result = runner.collect(cfg, self.record, self.ctx, peak=self.peak)
         if result is not None and self.recipe.model_config is None:
-            _user_module_figures(result, n_params=self.n_params)
+            runner.user_module_figures(result, n_params=self.n_params)
         return result
 
     def full_state(self) -> dict[str, torch.Tensor]:
@@ -205,12 +192,3 @@ class Engine:
 
     def close(self) -> None:
         runtime.close(self.ctx)
-
-
-def _user_module_figures(result: dict, *, n_params: int | None) -> None:
-    why = "a user's module: the engine has no FLOP, memory or traffic model of it"
-    result["n_params"] = n_params  # the module's own count, not the GPT's
-    for key in _SHAPE_FIGURES:
-        if key in result:
-            result[key] = None
-            result.setdefault("not_measured", {})[key] = why

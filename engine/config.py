@@ -19,6 +19,10 @@ NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 AC_MODES = ("none", "selective", "full")  # train.activation_checkpointing
 ZERO_STAGES = (0, 1, 2, 3)  # parallel.zero
+# model.source: the built-in GPT, a transformers configuration, or the user's own module
+MODEL_SOURCES = ("gpt", "hf", "custom")
+DATA_KINDS = ("synthetic", "tokens")  # data.kind
+TOKEN_DTYPES = ("uint16", "uint32")  # data.dtype: what nanoGPT-style pipelines write
 # pipeline schedule -> (stage placement, its class in torch.distributed.pipelining.schedules,
 # the first torch release that has that class). Placement: "single" (one stage per rank),
 # "loop" (several, looped) or "v" (two, in a V). Names only, so that validating a config does
@@ -62,6 +66,20 @@ class ModelConfig:
     bias: bool = True  # Linear/LayerNorm biases (GPT-2 has them, llama does not)
     norm_eps: float = 1e-5
     init_std: float = 0.02  # GPT-2 initialisation
+    source: str = "gpt"  # one of MODEL_SOURCES; hf and custom are built by engine/sources.py
+    hf_config: str = ""  # source=hf: a transformers config.json; the shape above is read from it
+    factory: str = ""  # source=custom: "pkg.module:function" that returns the nn.Module
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention, hf only); 0 = n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def shape_known(self) -> bool:
+        """Whether the fields above describe the model (FLOPs, memory and traffic formulas
+        apply): not for a user's module, whose shape the engine cannot see."""
+        return self.source != "custom"
 
     @property
     def padded_vocab_size(self) -> int:
@@ -148,6 +166,15 @@ class DebugConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the training tokens come from (engine/data.py)."""
+
+    kind: str = "synthetic"  # synthetic (seeded induction task) | tokens (a file of token ids)
+    path: str = ""  # kind=tokens: a flat binary file of token ids, memory-mapped
+    dtype: str = "uint16"  # kind=tokens: the file's id type, uint16 | uint32
+
+
+@dataclass
 class RunConfig:
     """Everything one training run needs."""
 
@@ -157,6 +184,7 @@ class RunConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     device: str = "auto"  # auto: cuda when available, else cpu
     peak_flops: float = 0.0  # measure.peak_tflops in FLOP/s (older key; both set must agree)
     out: str = ""  # where rank 0 writes the result JSON ("" = do not write)

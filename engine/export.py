@@ -4,6 +4,9 @@
     model = GPT(ModelConfig(**json.load(open("model.pt.json"))))
     model.load_state_dict(torch.load("model.pt", weights_only=True))
 
+A ``model=hf`` checkpoint exports under transformers' own names: the file loads into
+``AutoModelForCausalLM.from_config(config)`` built from the same config.json.
+
 Runs in one process, whatever layout wrote the checkpoint: DCP re-shards on load. Takes the newest
 checkpoint that verifies (saying which newer ones were damaged), and refuses one whose metadata is
 not plain tensors (see engine.checkpoint_verify) before reading any of its data.
@@ -20,9 +23,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from engine.checkpoint_verify import SafeReader, newest_verified
-from engine.config import ModelConfig
+from engine.config import ModelConfig, RunConfig
 from engine.fileio import atomic_write_text, replacing
 from engine.model import GPT
+from engine.sources import recipe_for
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,11 @@ def export(checkpoint_dir: str | Path, out: str | Path) -> tuple[Path, int]:
         log.warning("exporting %s (step %d); skipped: %s", path, step, " ".join(skipped))
     reader = SafeReader(path, manifest=manifest)  # refuses byte entries before any read
     model_cfg = ModelConfig(**manifest["model"])
-    with torch.device("cpu"):
-        model = GPT(model_cfg)
+    if model_cfg.source == "gpt":
+        with torch.device("cpu"):
+            model = GPT(model_cfg)
+    else:  # the module the run's source builds, whose weights the checkpoint replaces
+        model = recipe_for(RunConfig(model=model_cfg)).part(0, 1)
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "loading in a single process": exactly the intent here
         warnings.simplefilter("ignore", UserWarning)

@@ -220,6 +220,8 @@ FIELDS: tuple[Field, ...] = (
        "seconds to load the checkpoint resumed from, slowest rank"),
     _f("timing_includes_profiler", "flag", "config", "any",
        "the timed steps ran under the profiler", column=N),
+    _f("model_notes", "", "config", "same",
+       "where the model lies outside the FLOPs, memory and traffic formulas", present="always"),
     _f("not_measured", "", "config", "same",
        "figure -> why this run has no value for it", column=N),
     _f("status", "", "config", "first",

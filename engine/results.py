@@ -19,6 +19,7 @@ import torch
 
 from engine.config import RunConfig
 from engine.fileio import atomic_write_text
+from engine.hf_shape import formula_notes
 from engine.metrics.analytic import expected_comm_bytes
 from engine.metrics.bandwidth import add_bandwidth, group_size
 from engine.metrics.bandwidth import notes as comm_notes
@@ -173,6 +174,7 @@ def build_result(
         "loss_scale": records[0].loss_scale,
         "n_params": count_params(cfg.model)["total"],
         "flops_per_token": fpt,
+        "model_notes": formula_notes(cfg.model),
         "world_size": cfg.parallel.n_ranks,
         "tokens_per_step": tokens_per_step,
         "device": device.type,

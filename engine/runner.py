@@ -13,7 +13,9 @@ from engine import runtime
 from engine.config import RunConfig
 from engine.metrics.cpu_peak import cpu_peak
 from engine.metrics.flops import Peak, gpu_peak, override_flops
+from engine.recipe import Recipe
 from engine.results import build_result, write_json_atomic
+from engine.sources import recipe_for
 from engine.train import RankRecord, train
 from engine.validate import validate
 
@@ -23,6 +25,19 @@ EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_CONFIG = 2
 EXIT_DIVERGED = 3  # the run stopped because the loss became NaN/inf
+
+# figures the result derives from the model's shape (FLOPs, memory model, analytic traffic):
+# a user's module has no such model, so they are not reported for it
+_SHAPE_FIGURES = (
+    "flops_per_token",
+    "mfu",
+    "hfu",
+    "predicted_peak_mem_bytes",
+    "predicted_peak_mem_bytes_per_rank",
+    "mem_breakdown",
+    "mem_prediction_error",
+    "comm_bytes_analytic",
+)
 
 
 def setup_logging(rank: int) -> None:
@@ -66,13 +81,31 @@ def collect(
     return build_result(cfg, records, peak=peak or measured_peak(cfg), device=ctx.device)
 
 
+def user_module_figures(result: dict, *, n_params: int | None) -> None:
+    """Null the shape-derived figures of a user's module, saying why."""
+    why = "a user's module: the engine has no FLOP, memory or traffic model of it"
+    result["n_params"] = n_params  # the module's own count, not the GPT's
+    for key in _SHAPE_FIGURES:
+        if key in result:
+            result[key] = None
+            result.setdefault("not_measured", {})[key] = why
+
+
+def _model_figures(result: dict, recipe: Recipe) -> None:
+    if recipe.model_config is None:
+        user_module_figures(result, n_params=getattr(recipe, "n_params", None))
+
+
 def run(cfg: RunConfig) -> dict | None:
     """Run this rank; rank 0 returns (and writes, if ``cfg.out``) the result, others None."""
     cfg = validate(cfg)
     ctx = runtime.init(cfg)
     try:
         peak = resolve_peak(cfg, ctx.device) if ctx.is_main else None
-        result = collect(cfg, train(cfg, ctx), ctx, peak=peak)
+        recipe = recipe_for(cfg)  # a user's factory runs here, on every rank
+        result = collect(cfg, train(cfg, ctx, recipe), ctx, peak=peak)
+        if result is not None:
+            _model_figures(result, recipe)
         if result is not None and cfg.out:
             write_json_atomic(cfg.out, result)
         return result

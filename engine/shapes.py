@@ -11,6 +11,17 @@ def _norm_params(cfg: ModelConfig) -> int:
     return cfg.d_model * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
 
 
+def kv_width(cfg: ModelConfig) -> int:
+    """Width of the key and value projections: d_model, or less with grouped-query attention
+    (Ainslie et al. 2023), where n_kv_heads heads of keys and values serve all query heads."""
+    return cfg.d_model * cfg.kv_heads // cfg.n_heads
+
+
+def _attention_params(cfg: ModelConfig, b: int) -> int:
+    d, kv = cfg.d_model, kv_width(cfg)
+    return 2 * (d * d + b * d) + 2 * (d * kv + b * kv)  # q and output; k and v
+
+
 def count_params(cfg: ModelConfig) -> dict[str, int]:
     """Analytic parameter counts, independent of the module code (checked against it in tests).
 
@@ -25,7 +36,7 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
     b = 1 if cfg.bias else 0
     norm = _norm_params(cfg)
-    attn = 4 * (d * d + b * d)
+    attn = _attention_params(cfg, b)
     n_mats = 3 if cfg.mlp == "swiglu" else 2
     mlp = (n_mats - 1) * (d * f + b * f) + (f * d + b * d)
     embedding = cfg.vocab_size * d + (cfg.seq_len * d if cfg.position == "learned" else 0)
@@ -45,8 +56,12 @@ def block_params(cfg: ModelConfig, tp: int = 1) -> int:
     """Parameters of one block held by one tensor-parallel rank: column-parallel q/k/v and
     up (and gate) with their biases, and the row-parallel output and down weights, split by
     ``tp``; the row-parallel biases and the norms are replicated."""
-    d, f, b = cfg.d_model, cfg.d_ff, 1 if cfg.bias else 0
-    col = 3 * (d * d + b * d) + (2 if cfg.mlp == "swiglu" else 1) * (d * f + b * f)
+    d, f, b, kv = cfg.d_model, cfg.d_ff, 1 if cfg.bias else 0, kv_width(cfg)
+    col = (
+        (d * d + b * d)
+        + 2 * (d * kv + b * kv)
+        + (2 if cfg.mlp == "swiglu" else 1) * (d * f + b * f)
+    )
     row = d * d + f * d
     return (col + row) // tp + 2 * b * d + 2 * _norm_params(cfg)
 

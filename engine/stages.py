@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 from engine.config import PP_SCHEDULES, ModelConfig, ParallelConfig, RunConfig
-from engine.shapes import stage_params
+from engine.shapes import kv_width, stage_params
 from engine.validate import stages_per_rank as stages_per_rank  # re-exported
 
 
@@ -24,7 +24,8 @@ def n_stages(parallel: ParallelConfig) -> int:
 
 def stage_costs(cfg: ModelConfig) -> tuple[float, float]:
     """(block, head) cost in FLOPs-per-token units of one block."""
-    block = 4 * cfg.d_model**2 + (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
+    d, kv = cfg.d_model, kv_width(cfg)
+    block = 2 * d * d + 2 * d * kv + (3 if cfg.mlp == "swiglu" else 2) * d * cfg.d_ff
     block += 2 * cfg.seq_len * cfg.d_model  # attention scores: 2·T·d per token (PaLM's 12LHQT / 6)
     return 1.0, cfg.padded_vocab_size * cfg.d_model / block  # the head computes padded rows too
 

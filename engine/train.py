@@ -9,26 +9,28 @@ from __future__ import annotations
 from functools import partial
 
 from engine.config import RunConfig
-from engine.data import SyntheticTokens
+from engine.data import training_tokens
 from engine.hooks import Checkpointing, Faults, Measurement, dump_params, timed_step
 from engine.parallelize import Batch
 from engine.recipe import Recipe
 from engine.record import RankRecord as RankRecord  # re-exported: results and tests read it here
 from engine.record import profile_window as profile_window
 from engine.runtime import DistContext
+from engine.sources import recipe_for
 from engine.step import MAX_CONSECUTIVE_SKIPS as MAX_CONSECUTIVE_SKIPS
 from engine.step import Diverged as Diverged
 from engine.step import TrainStep
 
 
 def train(cfg: RunConfig, ctx: DistContext, recipe: Recipe | None = None) -> RankRecord:
-    """Train ``recipe``'s model (default: the run's GPT) on the run's synthetic tokens."""
+    """Train ``recipe``'s model (default: the run's ``model.source``) on the run's tokens."""
     t, device = cfg.train, ctx.device
+    recipe = recipe or recipe_for(cfg)
     trainer = TrainStep.build(cfg, ctx, recipe)
     record = RankRecord(rank=ctx.rank, has_loss=trainer.stepper.has_loss)
     checkpoints = Checkpointing(cfg, trainer, record, rank=ctx.rank)  # may resume: first_step
     faults = Faults(cfg.debug, rank=ctx.rank)
-    data = SyntheticTokens(cfg.model.vocab_size, cfg.model.seq_len, t.seed, t.global_batch)
+    data = training_tokens(cfg)
     rank, dp = trainer.mesh.dp_rank, trainer.mesh.dp  # data-parallel
 
     def load(step: int) -> Batch:

@@ -20,9 +20,12 @@ from engine.config import (
     ConfigError,
     RunConfig,
 )
+from engine.hf_shape import check_hf_layout, resolve_hf
+from engine.token_file import check_tokens
 from engine.validate_values import check_run_values
 
-# Only torch-free modules above: the CLI validates a config before (and without) importing torch.
+# Only torch-free modules above (numpy is fine): the CLI validates a config before (and
+# without) importing torch.
 
 # schedules that refuse fewer micro-batches than this many stages (total or per rank group)
 _MIN_MICRO = {"1f1b": "pp", "dualpipev": "stages"}
@@ -69,8 +72,34 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+_SOURCE_KEYS = {"hf": "hf_config", "custom": "factory"}  # model.source -> the key it reads
+
+
+def validate_source(cfg: RunConfig) -> None:
+    m = cfg.model
+    for source, key in _SOURCE_KEYS.items():
+        value = getattr(m, key)
+        if m.source == source and not value:
+            raise ConfigError(f"model={source} needs `model.{key}`, but it is empty.")
+        if m.source != source and value:
+            raise ConfigError(
+                f"`model.{key}`={value} is read only with model={source}, but model.source="
+                f"{m.source}; select model={source} or leave model.{key} unset."
+            )
+    if m.source != "hf" and m.n_kv_heads not in (0, m.n_heads):
+        raise ConfigError(
+            f"`model.n_kv_heads`={m.n_kv_heads}: grouped-query attention is read from a "
+            "transformers configuration (model=hf); the built-in GPT has model.n_heads."
+        )
+
+
 def validate_model(cfg: RunConfig) -> None:
     m = cfg.model
+    if m.n_kv_heads and m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            f"`model.n_heads`={m.n_heads} must be a multiple of `model.n_kv_heads`="
+            f"{m.n_kv_heads} (query heads share key/value heads in equal groups)."
+        )
     if m.d_model % m.n_heads:
         raise ConfigError(
             f"`model.d_model` must be divisible by `model.n_heads`, but got "
@@ -101,6 +130,7 @@ def validate_values(cfg: RunConfig) -> None:
     """Checks of each setting on its own (a search space's choices must all pass these)."""
     check_run_values(cfg)  # type, finiteness and range of every key (engine/validate_values.py)
     validate_checkpoint(cfg)
+    validate_source(cfg)
     validate_model(cfg)
     delay = cfg.debug.comm_delay_ms
     if (delay or cfg.measure.count_calls) and cfg.device == "cuda":
@@ -123,8 +153,20 @@ def validate_peak(cfg: RunConfig) -> None:
         )
 
 
+def resolve_sources(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the shape of a transformers configuration read in (``model=hf``), its
+    token file (``data=tokens``) checked against the vocabulary that results."""
+    if cfg.model.source == "hf":
+        cfg = dataclasses.replace(cfg, model=resolve_hf(cfg.model))
+        validate_model(cfg)
+    check_tokens(cfg.data, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len)
+    return cfg
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill in derived settings: ``parallel.dp=0`` becomes world_size / (tp * pp)."""
+    """Fill in derived settings: a transformers configuration's shape (``model=hf``), and
+    ``parallel.dp=0`` as world_size / (tp * pp)."""
+    cfg = resolve_sources(cfg)
     p = cfg.parallel
     if p.dp != 0:
         return cfg
@@ -174,6 +216,8 @@ def _check_tensor(cfg: RunConfig, *, model_shape: bool) -> None:
         f"model.vocab_pad_multiple={m.vocab_pad_multiple})"
     )
     sizes = {"model.n_heads": m.n_heads, "model.d_ff": m.d_ff, vocab_key: m.padded_vocab_size}
+    if m.n_kv_heads:
+        sizes["model.n_kv_heads"] = m.n_kv_heads
     if p.sp:
         sizes["model.seq_len"] = m.seq_len
     for key, size in sizes.items():
@@ -272,17 +316,22 @@ def _check_combinations(cfg: RunConfig) -> None:
         )
 
 
-def validate_layout(cfg: RunConfig, *, model_shape: bool = True) -> None:
+def validate_layout(cfg: RunConfig, *, model_shape: bool | None = None) -> None:
     """Checks of settings against each other: a sweep prunes a layout that fails them.
     ``model_shape=False``: leave out the checks against the GPT's shape (``cfg.model``), for
-    a model the engine does not build itself (``engine.recipe.ModuleRecipe``)."""
+    a model the engine does not build itself (``engine.recipe.ModuleRecipe``); None: whether
+    the config describes the model's shape (``ModelConfig.shape_known``)."""
+    if model_shape is None:
+        model_shape = cfg.model.shape_known
     _check_combinations(cfg)
     _check_batch(cfg)
+    if cfg.model.source == "hf":
+        check_hf_layout(cfg)
     _check_tensor(cfg, model_shape=model_shape)
     _check_pipeline(cfg, model_shape=model_shape)
 
 
-def validate(cfg: RunConfig, *, model_shape: bool = True) -> RunConfig:
+def validate(cfg: RunConfig, *, model_shape: bool | None = None) -> RunConfig:
     """Resolve derived settings, raise ConfigError for the first invalid one, return the result."""
     validate_values(cfg)
     cfg = resolve(cfg)

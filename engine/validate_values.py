@@ -17,12 +17,15 @@ from typing import Any
 
 from engine.config import (
     AC_MODES,
+    DATA_KINDS,
     DEVICES,
     MLP_TYPES,
+    MODEL_SOURCES,
     NORM_TYPES,
     POSITIONS,
     PP_SCHEDULES,
     PRECISIONS,
+    TOKEN_DTYPES,
     ZERO_STAGES,
     ConfigError,
     RunConfig,
@@ -164,6 +167,14 @@ RUN_RULES: dict[str, Rule] = {
     "model.bias": Rule("bool"),
     "model.norm_eps": _float(0, 1, low_open=True),
     "model.init_std": _float(0, 1, low_open=True),
+    "model.source": Rule("choice", choices=MODEL_SOURCES),
+    "model.hf_config": Rule("str"),
+    "model.factory": Rule(
+        "str",
+        pattern=r"|[A-Za-z_][\w.]*:[A-Za-z_]\w*",
+        what='"pkg.module:function" (a module Python can import, and a function in it)',
+    ),
+    "model.n_kv_heads": _int(0, 4096),  # 0: as many as model.n_heads
     "parallel.world_size": _int(0, 2**20),  # 0: not fixed
     "parallel.dp": _int(0, 2**20),  # 0: world_size / (tp * pp)
     "parallel.tp": _int(1, 4096),
@@ -199,6 +210,9 @@ RUN_RULES: dict[str, Rule] = {
     "debug.dump_params": Rule("str"),
     "debug.overflow_at_step": _int(-1, MAX_STEPS),
     "debug.comm_delay_ms": Rule("float", 0, 10_000, what="a number of milliseconds in [0, 10000]"),
+    "data.kind": Rule("choice", choices=DATA_KINDS),
+    "data.path": Rule("str"),
+    "data.dtype": Rule("choice", choices=TOKEN_DTYPES),
     "device": Rule("choice", choices=DEVICES),
     "peak_flops": Rule("float", 0, 1e21, what=_PEAK.format("1e21 (FLOP/s)")),
     "out": Rule("str"),

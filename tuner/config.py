@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engine.config import ConfigError, RunConfig
-from engine.validate import validate_values
+from engine.validate import resolve_sources, validate_values
 from tuner.config_checks import TUNER_RULES, check_sampler, check_tuner_sections
 from tuner.hydra_errors import check_overrides, explain
 from tuner.schema import (
@@ -115,4 +115,5 @@ def load(overrides: list[str]) -> Loaded:
         raise ConfigError(explain(err)) from None
     check_tuner_sections(loaded)
     validate_values(loaded.run)
+    loaded.run = resolve_sources(loaded.run)  # model=hf's shape; data=tokens checked
     return loaded

@@ -74,6 +74,8 @@ def predicted_need(cfg: RunConfig, *, reserve_gib: float, margin: float = 1.0) -
 def check_memory(
     cfg: RunConfig, *, mem_limit_gib: float, reserve_gib: float, margin: float
 ) -> None:
+    if not cfg.model.shape_known:  # a user's module: no memory model to prune by
+        return
     need = predicted_need(cfg, reserve_gib=reserve_gib, margin=margin)
     cap = capacity(cfg, mem_limit_gib=mem_limit_gib)
     if need > cap.bytes_per_rank:

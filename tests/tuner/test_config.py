@@ -24,10 +24,18 @@ def test_overrides_reach_the_typed_config():
     assert cfg.run.train.precision == "bf16" and cfg.sweep.name == "x"
 
 
+# the presets of other model sources need the key that names the model
+SOURCE_KEYS = {
+    "hf": ("model.hf_config=conf/model/hf/tiny-llama.json", "hf-tiny-llama"),
+    "custom": ("model.factory=tests.engine.factories:tiny_lm", "custom"),
+}
+
+
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
 def test_every_model_preset_is_valid(preset):
-    cfg = load([f"model={preset}"])
-    assert cfg.run.model.name == preset
+    key, name = SOURCE_KEYS.get(preset, ("", preset))
+    cfg = load([f"model={preset}", *([key] if key else [])])
+    assert cfg.run.model.name == name
     validate(cfg.run)
 
 
@@ -38,6 +46,9 @@ def test_every_model_preset_is_valid(preset):
         (["train.steps=abc"], ["train.steps", "abc", "integer"]),
         (["sweep.n_trials=0"], ["sweep.n_trials", "0", ">= 1"]),
         (["model=gpt5"], ["gpt5", "tiny"]),
+        (["model=hf"], ["model.hf_config"]),
+        (["model=custom"], ["model.factory"]),
+        (["data=tokens"], ["data.path"]),
         (["sweep.objectives=[speed]"], ["sweep.objectives", "speed", "tokens_per_s"]),
         (["sampler=annealing"], ["annealing", "tpe"]),
         (["launcher.timeout_s=-1"], ["launcher.timeout_s", "-1"]),

@@ -71,10 +71,15 @@ def infeasible_summary(rows: list[PlanRow], most: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _model_overrides(m) -> list[str]:
+    return ["model=hf", f"model.hf_config={m.hf_config}", f"model.seq_len={m.seq_len}"]
+
+
 def run_overrides(cfg: Loaded, r: PlanRow) -> list[str]:
     """The overrides that run exactly this layout with `python -m tuner run`."""
+    m = cfg.run.model
     out = [
-        f"model={cfg.run.model.name}",
+        *(_model_overrides(m) if m.source == "hf" else [f"model={m.name}"]),
         f"train.global_batch={cfg.run.train.global_batch}",
         f"parallel.dp={r.dp}",
         f"parallel.tp={r.tp}",
