@@ -122,12 +122,14 @@ def test_step_breakdown_and_memory_prediction_per_measured_trial(tmp_path: Path)
     df = trials_frame(s)
 
     steps = step_breakdown(df)
-    assert steps["trial"].tolist() == ["trial 0", "trial 1", "trial 2"]  # the failed one: none
+    # named by layout; the failed one has none
+    assert steps["trial"].tolist() == df.loc[[0, 1, 2], "layout"].tolist()
+    assert steps.loc[0, "trial"] == "dp2 · DDP · tp1 · pp1 · mb4 · bf16 · no AC"
     assert steps.loc[0, "backward"] == 20 and steps.loc[0, "data"] == 0.5
     assert steps.loc[0, "step_ms"] == 40.6
 
     memory = memory_prediction(df)
-    assert memory["trial"].tolist() == ["trial 0", "trial 1"]
+    assert memory["trial"].tolist() == df.loc[[0, 1], "layout"].tolist()
     assert memory["measured"].tolist() == [10 * 1024, 4 * 1024]  # MiB
     assert memory["predicted"].tolist() == [8 * 1024, 8 * 1024]
     assert memory["error"].tolist() == [-0.2, 1.0]

@@ -17,12 +17,12 @@ import pandas as pd
 import plotly.offline
 
 from tuner.outputs import OutputError, atomic_write_text, describe
-from tuner.report import data, figures, measurements
+from tuner.report import data, figures, leaderboard, measurements, sections
 from tuner.report.best import best_section
+from tuner.report.figures import figure_html
 
 if TYPE_CHECKING:
     import optuna
-    import plotly.graph_objects as go
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,13 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
 td { font-variant-numeric: tabular-nums; }
 th { background: #f0f0f0; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+td { overflow-wrap: anywhere; max-width: 40em; }
+.board td:nth-child(2) { overflow-wrap: normal; min-width: 16em; }
+.tie { color: #2ca02c; font-weight: 600; white-space: nowrap; }
+details { margin: 0.4em 0; } summary { cursor: pointer; font-weight: 600; }
+details details { margin-left: 1em; }
+.plotly-graph-div { max-width: 100%; }
 """
 
 
@@ -80,13 +86,6 @@ def page(title: str, body: list[str]) -> str:
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n"
         f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
         "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
-    )
-
-
-def figure_html(fig: go.Figure) -> str:
-    # plotly.js is already in <head>; each figure adds only its div and newPlot call.
-    return fig.to_html(
-        full_html=False, include_plotlyjs=False, default_height=f"{fig.layout.height}px"
     )
 
 
@@ -163,10 +162,13 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         df = data.trials_frame(study)
     summary = data.summarize(study, df)
     front = data.pareto_front(df)
+    board = leaderboard.leaderboard(df, metric=summary.best_metric, maximize=summary.best_maximize)
     body = [
         _title(summary),
         _machines(study, df),
+        sections.leaderboard_section(board),
         best_section(study, df, summary),
+        sections.knobs_section(study, df, summary),
         _comm_section(study, summary),
         "<h2>Throughput vs memory</h2>",
         f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
@@ -188,8 +190,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         "measurement (no profiled step on CPU) are left out.</p>",
         figure_html(figures.memory_vs_prediction(measurements.memory_prediction(df))),
         _failure_section(df),
-        "<h2>All trials</h2>",
-        _table(df) if not df.empty else "<p>The sweep has no trials.</p>",
+        sections.all_trials_section(df, _table),
     ]
     return page(f"paratune: {summary.sweep_name}", body)
 
