@@ -19,6 +19,7 @@ import plotly.offline
 from tuner.outputs import OutputError, atomic_write_text, describe
 from tuner.report import data, figures, leaderboard, measurements, sections
 from tuner.report.best import best_section
+from tuner.report.export_best import write_best
 from tuner.report.figures import figure_html
 
 if TYPE_CHECKING:
@@ -206,5 +207,6 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike[str]) -> Path:
     atomic_write_text(out / "trials.csv", df.to_csv(index=False))
     path = out / "report.html"
     atomic_write_text(path, render_report(study, df))
+    write_best(study, data.summarize(study, df), out)
     logger.info("wrote sweep report %s (%d trials)", path, len(df))
     return path
