@@ -16,10 +16,10 @@ from engine.config import RunConfig
 from engine.units import GIB
 from tests.tuner.report_helpers import _add, _p
 from tuner.config import load, replace_keys
+from tuner.layout_name import layout_name
 from tuner.report import write_report
 from tuner.report.export_best import BEST_DIR
 from tuner.report.frameworks import deepspeed_config, to_toml, torchtitan_config
-from tuner.report.layout import layout_name
 from tuner.resume import FIXED_ATTR
 from tuner.study import base_overrides, fixed_settings
 

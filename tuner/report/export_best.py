@@ -20,10 +20,10 @@ import yaml
 
 from engine.config import RunConfig
 from tuner.config import RUN_SECTIONS
+from tuner.layout_name import layout_name, sweep_base, trial_config
 from tuner.outputs import atomic_write_text
 from tuner.report import frameworks
 from tuner.report.data import RUN_COMMAND
-from tuner.report.layout import layout_name, sweep_base, trial_config
 from tuner.resume import FIXED_ATTR
 
 if TYPE_CHECKING:

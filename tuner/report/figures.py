@@ -13,9 +13,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.units import MIB
+from tuner.layout_name import unique_labels
 from tuner.report.data import format_value
 from tuner.report.frame import param_columns
-from tuner.report.layout import unique_labels
 from tuner.report.measurements import BREAKDOWN_PARTS, MEM_PARTS
 
 logger = logging.getLogger(__name__)

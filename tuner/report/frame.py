@@ -17,7 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from engine import result_schema
-from tuner.report.layout import trial_names
+from tuner.layout_name import trial_names
 from tuner.study import WORKER_ATTR, stored_result, worker_alive
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ _METRICS = result_schema.columns("metric")
 _NOTES = result_schema.columns("note")
 #: Per-trial figures (units in the names), one column each: the schema's metric columns.
 METRIC_COLUMNS: tuple[str, ...] = tuple(c.name for c in _METRICS)
-#: ``layout``: the run in words (tuner.report.layout), how figures and tables name a trial.
+#: ``layout``: the run in words (tuner.layout_name), how figures and tables name a trial.
 LEAD_COLUMNS: tuple[str, ...] = (
     "number",
     "state",

@@ -10,7 +10,7 @@ import pandas as pd
 
 from engine.result_schema import BREAKDOWN_PARTS, FIELD, MEM_PARTS
 from engine.units import MIB
-from tuner.report.layout import unique_labels
+from tuner.layout_name import unique_labels
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

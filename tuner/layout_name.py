@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from engine.config import PP_SCHEDULES, ConfigError, RunConfig
 from engine.validate import resolve
 from tuner.config import replace_keys
-from tuner.resume import FIXED_ATTR
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -59,8 +58,8 @@ def _dp(cfg: RunConfig) -> str:
 
 def _pipeline(cfg: RunConfig) -> str:
     p = cfg.parallel
-    if p.pp == 1:
-        return "pp1"
+    if p.pp == 1:  # virtual stages without a pipeline are why such a layout is pruned: said
+        return "pp1" if p.pp_virtual_stages == 1 else f"pp1×{p.pp_virtual_stages}"
     loops = PP_SCHEDULES.get(p.pp_schedule, "single") != "single"
     stages = f"×{p.pp_virtual_stages}" if loops or p.pp_virtual_stages > 1 else ""
     return f"pp{p.pp} {p.pp_schedule}{stages}"
@@ -73,7 +72,7 @@ def layout_name(cfg: RunConfig, *, also: Iterable[str] = ()) -> str:
     words = [f"dp{dp}"]
     if p.zero:
         words.append(f"ZeRO-{p.zero}")
-    elif dp != "1":  # stage 0 with data parallelism is plain DDP; alone there is nothing to say
+    elif dp not in ("1", "?"):  # stage 0 with data parallelism is plain DDP
         words.append("DDP")
     words.append(f"tp{p.tp}+SP" if p.sp and p.tp > 1 else f"tp{p.tp}")
     words.append(_pipeline(cfg))
@@ -91,6 +90,8 @@ def sweep_base(study: optuna.Study) -> RunConfig:
     """The run a sweep's trials start from: its fixed settings, recorded in the study (the
     searched keys take their defaults until a trial's parameters replace them). A study
     without that record (built by hand) starts from the defaults."""
+    from tuner.resume import FIXED_ATTR  # optuna: imported when a study is read, not before
+
     fixed = study.user_attrs.get(FIXED_ATTR) or {}
     return RunConfig.from_dict(_merge(RunConfig().to_dict(), fixed))
 
