@@ -154,20 +154,21 @@ class Progress:
 def final_lines(study: optuna.Study, sweep_dir: Path) -> list[str]:
     """The sweep's last words: the top layouts with their intervals (the ones the
     measurements cannot tell from the best marked) and the commands that reproduce the best."""
-    from tuner.report import data, leaderboard
+    from tuner.report import data
     from tuner.report.export_best import reproduce_commands
+    from tuner.report.leaderboard import interval_text, leaderboard, top
 
     df = data.trials_frame(study)
     summary = data.summarize(study, df)
-    board = leaderboard.leaderboard(df, metric=summary.best_metric, maximize=summary.best_maximize)
-    best = leaderboard.top(board, TOP)
+    board = leaderboard(df, metric=summary.best_metric, maximize=summary.best_maximize)
+    best = top(board, TOP)
     if best.empty:
         return ["no layout completed: see the report's failed trials"]
     n = int(board["rank"].notna().sum())
     lines = [f"top {len(best)} of {n} measured layouts (median tokens/s [interval] (coverage)):"]
     for _, row in best.iterrows():
         tie = "  ≈ best" if row["tied_with_best"] else ""
-        text = f"  {int(row['rank'])}. {row['layout']}  {leaderboard.interval_text(row)}{tie}"
+        text = f"  {int(row['rank'])}. {row['layout']}  {interval_text(row)}{tie}"
         lines.append(text)
     from_yaml, _ = reproduce_commands(sweep_dir)
     lines += [f"reproduce the best: {from_yaml}", f"  or: {summary.best_command}"]

@@ -17,10 +17,11 @@ import pandas as pd
 import plotly.offline
 
 from tuner.outputs import OutputError, atomic_write_text, describe
-from tuner.report import data, figures, leaderboard, measurements, sections
+from tuner.report import data, figures, measurements, sections
 from tuner.report.best import best_section
 from tuner.report.export_best import write_best
 from tuner.report.figures import figure_html
+from tuner.report.leaderboard import leaderboard
 
 if TYPE_CHECKING:
     import optuna
@@ -163,7 +164,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         df = data.trials_frame(study)
     summary = data.summarize(study, df)
     front = data.pareto_front(df)
-    board = leaderboard.leaderboard(df, metric=summary.best_metric, maximize=summary.best_maximize)
+    board = leaderboard(df, metric=summary.best_metric, maximize=summary.best_maximize)
     body = [
         _title(summary),
         _machines(study, df),

@@ -105,18 +105,26 @@ def importances(study: optuna.Study, df: pd.DataFrame) -> tuple[pd.DataFrame, st
     own.add_trials(trials)
     # PED-ANOVA scores what it takes to reach low targets: a maximised objective is negated
     sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    with warnings.catch_warnings():  # experimental, and it says the above on every call
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         evaluator = optuna.importance.PedAnovaImportanceEvaluator()
         scores = optuna.importance.get_param_importances(
-            own, evaluator=evaluator, target=lambda t: sign * t.values[0]
+            own, evaluator=evaluator, params=varied, target=lambda t: sign * t.values[0]
         )
+    # the experimental notice and the reminder about low targets (handled above) say nothing
+    # here; what else the evaluator warns of (too few trials in its quantiles) is the reader's
+    said = [
+        str(w.message)
+        for w in caught
+        if not issubclass(w.category, optuna.exceptions.ExperimentalWarning)
+        and "low `target`" not in str(w.message)
+    ]
     table = pd.DataFrame({"param": list(scores), "importance": list(scores.values())})
     return table, (
         f"PED-ANOVA over {len(trials)} completed layouts: how differently each parameter is "
-        "distributed among the best layouts than among all of them (shares summing to 1). "
-        "A parameter missing from some trials (sampled only in some layouts) is not scored."
+        "distributed among the best layouts than among all of them (shares summing to 1); "
+        "a parameter sampled in some layouts only is scored over those."
+        + "".join(f" Optuna: {text}" for text in said)
     )
 
 
@@ -139,5 +147,7 @@ def convergence(
         }
     )
     out = out[out["value"].notna()].reset_index(drop=True)
-    out["new_best"] = out["value"] == out["best_so_far"]
+    before = out["best_so_far"].shift(1)
+    better = out["value"] > before if maximize else out["value"] < before
+    out["new_best"] = before.isna() | better  # strictly better: a tie finds nothing new
     return out

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from engine.units import MIB
-from tuner.report import figures_knobs, knobs, leaderboard
+from tuner.report import figures_knobs, knobs
 from tuner.report.figures import figure_html
 from tuner.report.frame import LEAD_COLUMNS, METRIC_COLUMNS, param_columns
+from tuner.report.leaderboard import interval_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,7 +37,7 @@ def leaderboard_section(board: pd.DataFrame) -> str:
         return head + "<p>No trial was launched.</p>"
     rows = []
     for _, r in board.iterrows():
-        interval = leaderboard.interval_text(r).partition(" tokens/s")[2].strip()
+        interval = interval_text(r).partition(" tokens/s")[2].strip()
         mark = " <span class='tie'>≈ best</span>" if r["tied_with_best"] else ""
         cells = [
             "" if pd.isna(r["rank"]) else str(int(r["rank"])),
