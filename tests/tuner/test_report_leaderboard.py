@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -134,18 +135,23 @@ def test_console_names_the_top_three_and_how_to_reproduce(tmp_path: Path) -> Non
     assert final_lines(empty, tmp_path)[0].startswith("no layout completed")
 
 
-def test_progress_line_says_elapsed_and_the_rest() -> None:
-    s = optuna.create_study(direction="maximize")
-    now = [100.0]
-    printed: list[str] = []
-    progress = Progress(
-        4,
+def _progress(total: int, printed: list[str], clock: Callable[[], float]) -> Progress:
+    """Progress of a sweep whose completed trials count, on a clock the test sets."""
+    return Progress(
+        total,
         "tokens_per_s",
         printed.append,
         base=RunConfig(),
         counts=lambda t: t.state == TrialState.COMPLETE,
-        clock=lambda: now[0],
+        clock=clock,
     )
+
+
+def test_progress_line_says_elapsed_and_the_rest() -> None:
+    s = optuna.create_study(direction="maximize")
+    now = [100.0]
+    printed: list[str] = []
+    progress = _progress(4, printed, lambda: now[0])
     _add(s, TrialState.COMPLETE, _p(1, 4), tps=10.0, duration_s=25.0)
     now[0] = 130.0  # one trial in 30 s: three more take 90 s
     progress.line(s, s.trials[0], "ok")
@@ -159,13 +165,6 @@ def test_progress_estimate_on_resume_uses_measured_trials() -> None:
     _add(s, TrialState.COMPLETE, _p(1, 4), tps=10.0, duration_s=40.0)
     _add(s, TrialState.PRUNED, _p(2, 4))
     printed: list[str] = []
-    progress = Progress(
-        3,
-        "tokens_per_s",
-        printed.append,
-        base=RunConfig(),
-        counts=lambda t: t.state == TrialState.COMPLETE,
-        clock=lambda: 0.0,
-    )
+    progress = _progress(3, printed, lambda: 0.0)
     progress.line(s, s.trials[1], "pruned")  # nothing counted yet in this run
     assert printed[-1].startswith("[  1/3 0s, ~1m20s left]")
