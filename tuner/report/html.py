@@ -141,15 +141,16 @@ def _failure_section(df: pd.DataFrame) -> str:
     return f"{head}<p>{len(failed)} trials ({counts}).</p>" + _table(failed)
 
 
-def _comm_section(study: optuna.Study, summary: data.SweepSummary) -> str:
+def _comm_section(study: optuna.Study, df: pd.DataFrame, summary: data.SweepSummary) -> str:
     if summary.best_number is None:
         return ""
     table, notes = data.collective_table(study, summary.best_number)
     if table.empty:
         return ""
+    layout = str(df.loc[df["number"] == summary.best_number, "layout"].iloc[0])
     caveats = "".join(f'<p class="muted">{html.escape(n)}</p>' for n in notes)
     return (
-        f"<h2>Communication of trial {summary.best_number}</h2>"
+        f"<h2>Communication of trial {summary.best_number}: {html.escape(layout)}</h2>"
         "<p>Per step and rank, by collective: count, size, time in flight, the part of it during "
         "which the rank computed nothing (exposed), and bandwidths in nccl-tests' conventions "
         "(empty where several mesh dimensions communicate and the group size is ambiguous).</p>"
@@ -171,7 +172,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         sections.leaderboard_section(board),
         best_section(study, df, summary),
         sections.knobs_section(study, df, summary),
-        _comm_section(study, summary),
+        _comm_section(study, df, summary),
         "<h2>Throughput vs memory</h2>",
         f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
         + "has both less memory and more throughput.</p>",
