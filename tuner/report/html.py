@@ -39,6 +39,8 @@ td { font-variant-numeric: tabular-nums; }
 th { background: #f0f0f0; }
 .scroll { overflow-x: auto; max-width: 100%; }
 td { overflow-wrap: anywhere; max-width: 40em; }
+th { overflow-wrap: anywhere; }  /* long column names wrap rather than widen the page */
+.all table td:nth-child(2) { min-width: 14em; overflow-wrap: normal; }  /* the layout */
 .board td:nth-child(2) { overflow-wrap: normal; min-width: 16em; }
 .tie { color: #2ca02c; font-weight: 600; white-space: nowrap; }
 details { margin: 0.4em 0; } summary { cursor: pointer; font-weight: 600; }

@@ -130,7 +130,7 @@ def topic_groups(df: pd.DataFrame) -> dict[str, list[str]]:
     groups["Run, notes and logs"] = rest
     lead = ["number", "layout"]
     return {
-        k: [*lead, *[c for c in v if c not in lead]] if k != "Trial" else v
+        k: [*lead, *[c for c in v if c not in lead]]
         for k, v in groups.items()
         if [c for c in v if c not in lead]
     }
@@ -141,7 +141,7 @@ def all_trials_section(df: pd.DataFrame, table: Callable[[pd.DataFrame], str]) -
     if df.empty:
         return "<h2>All trials</h2><p>The sweep has no trials.</p>"
     parts = [
-        f"<details><summary>{html.escape(name)} ({len(cols) - 2 if name != 'Trial' else len(cols)}"
+        f"<details><summary>{html.escape(name)} ({len(cols) - 2}"
         f" columns)</summary>{table(df[cols])}</details>"
         for name, cols in topic_groups(df).items()
     ]
