@@ -9,7 +9,7 @@ tensor parallelism, virtual stages where the schedule does not loop).
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
 from engine.config import PP_SCHEDULES, ConfigError, RunConfig
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     import optuna
+
+logger = logging.getLogger(__name__)
 
 SEP = " · "
 #: Keys the layout's words already state; any other searched key is added as ``name=value``.
@@ -93,7 +95,11 @@ def sweep_base(study: optuna.Study) -> RunConfig:
     from tuner.resume import FIXED_ATTR  # optuna: imported when a study is read, not before
 
     fixed = study.user_attrs.get(FIXED_ATTR) or {}
-    return RunConfig.from_dict(_merge(RunConfig().to_dict(), fixed))
+    try:
+        return RunConfig.from_dict(_merge(RunConfig().to_dict(), fixed))
+    except ConfigError as err:  # recorded by a version with other keys: named from defaults
+        logger.warning("layouts named from the defaults: the sweep's fixed settings: %s", err)
+        return RunConfig()
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -117,15 +123,14 @@ def trial_names(study: optuna.Study) -> dict[int, str]:
     searched: dict[str, None] = {}
     for trial in trials:
         searched.update(dict.fromkeys(trial.params))
-    return {t.number: layout_name(trial_config(base, t.params), also=searched) for t in trials}
+    return {t.number: _name(base, t.params, searched) for t in trials}
 
 
-def resolved(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with dp derived where it is (what the launcher runs); unchanged if it cannot be."""
+def _name(base: RunConfig, params: dict[str, Any], searched: Iterable[str]) -> str:
     try:
-        return resolve(cfg)
-    except ConfigError:
-        return dataclasses.replace(cfg)
+        return layout_name(trial_config(base, params), also=searched)
+    except (ConfigError, KeyError, TypeError):  # a key this version does not have
+        return " ".join(f"{k}={v}" for k, v in params.items())
 
 
 def unique_labels(names: Iterable[str], numbers: Iterable[int]) -> list[str]:

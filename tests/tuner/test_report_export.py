@@ -150,3 +150,21 @@ def test_torchtitan_pipeline_and_toml_round_trip() -> None:
     assert tt["training"]["mixed_precision_param"] == "bfloat16"
     assert any("4 stages" in n for n in notes)
     assert tomllib.loads(to_toml(tt, header="a\nb")) == tt
+
+
+def test_a_study_of_other_keys_still_reports(tmp_path: Path) -> None:
+    """Fixed settings or parameters this version does not know: the page is written, trials
+    are named by their parameters, and no best/ claims to reproduce them."""
+    s = optuna.create_study(direction="maximize")
+    s.set_user_attr(FIXED_ATTR, {"parallel": {"old_key": 1}})
+    s.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE,
+            values=[5.0],
+            params={"parallel.gone": 1},
+            distributions={"parallel.gone": optuna.distributions.IntDistribution(1, 2)},
+            user_attrs={"result": {"tokens_per_s": 5.0}},
+        )
+    )
+    assert "parallel.gone=1" in write_report(s, tmp_path).read_text()
+    assert not (tmp_path / BEST_DIR).exists()

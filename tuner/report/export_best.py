@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from engine.config import RunConfig
+from engine.config import ConfigError, RunConfig
 from tuner.config import RUN_SECTIONS
 from tuner.layout_name import layout_name, sweep_base, trial_config
 from tuner.outputs import atomic_write_text
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     import optuna
 
     from tuner.report.data import SweepSummary
+
+logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 #: The Hydra group the overlay is composed as (``+best=config``).
@@ -63,9 +66,13 @@ def write_best(study: optuna.Study, summary: SweepSummary, sweep_dir: Path) -> P
     """Write ``best/`` for the sweep's best trial; None (nothing written) when there is none."""
     if summary.best_number is None or summary.best_command is None:
         return None
+    try:
+        cfg = best_config(study, summary.best_number)
+    except (ConfigError, KeyError, TypeError) as err:  # a study of a version with other keys
+        logger.warning("best/ not written: the best trial's settings do not fit: %s", err)
+        return None
     out = sweep_dir / BEST_DIR
     out.mkdir(parents=True, exist_ok=True)
-    cfg = best_config(study, summary.best_number)
     name = layout_name(cfg, also=summary.params)
     from_yaml, from_line = reproduce_commands(sweep_dir)
     header = f"{name}: trial {summary.best_number} of sweep {summary.sweep_name}\n{from_yaml}"
