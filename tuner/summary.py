@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.config import RunConfig
 from engine.result_schema import figure
 from engine.units import MIB
+from tuner.layout_name import layout_name
 
 
 def _row(name: str, value: str) -> str:
@@ -42,16 +44,8 @@ def _not_measured(r: dict[str, Any], key: str) -> str:
 
 def format_run(r: dict[str, Any]) -> str:
     cfg = r["config"]
-    p, t, m = cfg["parallel"], cfg["train"], cfg["model"]
-    layout = f"dp={p['dp']} tp={p['tp']} pp={p['pp']} zero={p['zero']}"
-    if p["sp"]:
-        layout += " sp"
-    if p["pp"] > 1:
-        layout += f" {p['pp_schedule']}"
-        if p["pp_virtual_stages"] > 1:
-            layout += f"x{p['pp_virtual_stages']}"
-    if t["activation_checkpointing"] != "none":
-        layout += f" ac={t['activation_checkpointing']}"
+    t, m = cfg["train"], cfg["model"]
+    layout = layout_name(RunConfig.from_dict(cfg))  # named as the sweep's report names it
     if figure(r, "mfu") is not None:
         mfu = f"{100 * r['mfu']:.1f}% of {r['peak_flops_per_device']:.3g} FLOP/s per device"
     else:
@@ -59,8 +53,7 @@ def format_run(r: dict[str, Any]) -> str:
     losses = r["losses"]
     lines = [
         f"model {m['name']} ({r['n_params'] / 1e6:.2f}M params), {layout}, "
-        f"micro_batch={t['micro_batch']} global_batch={t['global_batch']} {t['precision']} "
-        f"on {r['world_size']} {r['device']} rank(s)",
+        f"global_batch={t['global_batch']} on {r['world_size']} {r['device']} rank(s)",
         _row("tokens/s", _throughput(r)),
         _row("step time", f"{1e3 * r['step_time_s']:.1f} ms (median)"),
         _row(

@@ -28,7 +28,7 @@ from tuner.outputs import (
     out_of_space,
     remove_partial,
 )
-from tuner.progress import Progress, header
+from tuner.progress import Progress, final_lines, header
 from tuner.report import write_report
 from tuner.study import (
     MACHINE_ATTR,
@@ -224,6 +224,8 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
         progress.line(study, trial, status)
     confirm(cfg, study, out, echo)
     report = write_report(study, out)
+    for line in final_lines(study, out):
+        echo(line)
     echo(f"report: {report}")
     return report
 

@@ -27,7 +27,7 @@ def _base(*overrides):
                 "parallel.pp_virtual_stages": 1,
                 "train.micro_batch": 2,
             },
-            "tp=2 pp=1 zero=1 dp=2 mb=2",
+            "dp2 · ZeRO-1 · tp2 · pp1 · mb2 · fp32 · no AC",
         ),
         # pp=2 with a schedule of one stage per rank: virtual stages=1 states nothing
         (
@@ -37,12 +37,12 @@ def _base(*overrides):
                 "parallel.pp_schedule": "1f1b",
                 "parallel.pp_virtual_stages": 1,
             },
-            "tp=1 pp=2 sched=1f1b dp=2",
+            "dp2 · DDP · tp1 · pp2 1f1b · mb4 · fp32 · no AC",
         ),
         # virtual stages where they cannot be: shown, they are why the trial is pruned
         (
             {"parallel.pp": 1, "parallel.pp_virtual_stages": 2},
-            "pp=1 vstages=2 dp=4",
+            "dp4 · DDP · tp1 · pp1×2 · mb4 · fp32 · no AC",
         ),
         # interleaved over 2 stages: every knob applies
         (
@@ -53,10 +53,10 @@ def _base(*overrides):
                 "parallel.pp_virtual_stages": 2,
                 "train.precision": "bf16",
             },
-            "tp=2 pp=2 sched=interleaved_1f1b vstages=2 dp=1 prec=bf16",
+            "dp1 · tp2 · pp2 interleaved_1f1b×2 · mb4 · bf16 · no AC",
         ),
         # cannot resolve (3 does not divide 4): shown as asked, pruned later with the reason
-        ({"parallel.tp": 3, "parallel.pp": 1}, "tp=3 pp=1"),
+        ({"parallel.tp": 3, "parallel.pp": 1}, "dp? · tp3 · pp1 · mb4 · fp32 · no AC"),
     ],
 )
 def test_params_show_derived_dp_and_omit_idle_knobs(params, expected):
@@ -65,7 +65,9 @@ def test_params_show_derived_dp_and_omit_idle_knobs(params, expected):
 
 def test_explicit_dp_is_not_rederived():
     base = load([]).run  # dp=1, no world size
-    assert format_params(base, {"parallel.dp": 2, "train.micro_batch": 4}) == "dp=2 mb=4"
+    assert format_params(base, {"parallel.dp": 2, "train.micro_batch": 4}) == (
+        "dp2 · DDP · tp1 · pp1 · mb4 · fp32 · no AC"
+    )
 
 
 def test_lines_stay_within_width():
@@ -89,7 +91,7 @@ def test_lines_stay_within_width():
         status="ok 123456.7 tok/s",
         best="best tokens_per_s=123,456 (#17)",
     )
-    assert len(ok) <= WIDTH and "\n" not in ok and ok.endswith("ac=full  ok 123456.7 tok/s")
+    assert len(ok) <= WIDTH and "\n" not in ok and ok.endswith("full AC  ok 123456.7 tok/s")
     short = format_line(
         done=1, total=4, number=0, params="tp=2 dp=2", status="ok 9.5 tok/s", best="best x=9.5 (#0)"
     )

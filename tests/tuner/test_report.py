@@ -39,7 +39,7 @@ def _nums(df: pd.DataFrame) -> list[int]:
 def test_trials_frame_columns_and_values(study: optuna.Study) -> None:
     df = trials_frame(study)
     params = ["parallel.dp", "train.micro_batch", "train.precision", "parallel.tp"]
-    lead = ["number", "state", "fail_reason", "fail_detail", "duplicate_of"]
+    lead = ["number", "state", "fail_reason", "fail_detail", "duplicate_of", "layout"]
     assert list(df.columns) == [
         *lead,
         *params,

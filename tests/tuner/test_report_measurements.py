@@ -34,7 +34,10 @@ def test_trials_whose_throughput_intervals_overlap_the_best_are_flagged(tmp_path
     assert int(best["number"]) == 0
     assert indistinguishable_from(df, best) == [1]  # 90-101 overlaps 100-120; 50-70 does not
     html = (write_report(s, tmp_path)).read_text()
-    assert "Not distinguishable from the best" in html and "trial(s) 1." in html
+    assert "Not distinguishable from the best" in html
+    assert "dp1 · tp1 · pp1 · mb2 · bf16 · no AC (trial 1)." in html  # named by layout
+    # and marked on the leaderboard, the best itself and the distinct one not
+    assert html.count("≈ best</span>") == 1
 
 
 def test_best_trial_communication_table_and_caveats(tmp_path: Path) -> None:
@@ -122,12 +125,14 @@ def test_step_breakdown_and_memory_prediction_per_measured_trial(tmp_path: Path)
     df = trials_frame(s)
 
     steps = step_breakdown(df)
-    assert steps["trial"].tolist() == ["trial 0", "trial 1", "trial 2"]  # the failed one: none
+    # named by layout; the failed one has none
+    assert steps["trial"].tolist() == df.loc[[0, 1, 2], "layout"].tolist()
+    assert steps.loc[0, "trial"] == "dp2 · DDP · tp1 · pp1 · mb4 · bf16 · no AC"
     assert steps.loc[0, "backward"] == 20 and steps.loc[0, "data"] == 0.5
     assert steps.loc[0, "step_ms"] == 40.6
 
     memory = memory_prediction(df)
-    assert memory["trial"].tolist() == ["trial 0", "trial 1"]
+    assert memory["trial"].tolist() == df.loc[[0, 1], "layout"].tolist()
     assert memory["measured"].tolist() == [10 * 1024, 4 * 1024]  # MiB
     assert memory["predicted"].tolist() == [8 * 1024, 8 * 1024]
     assert memory["error"].tolist() == [-0.2, 1.0]

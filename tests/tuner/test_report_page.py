@@ -39,13 +39,16 @@ def test_figures(study: optuna.Study) -> None:
     assert list(line.x) == [1024.0, 3072.0, 6144.0]
     assert "MiB" in fig.layout.xaxis.title.text and "tokens/s" in fig.layout.yaxis.title.text
     assert points.error_y.array[0] == pytest.approx(30.0)
-    assert "parallel.dp=1" in points.text[0]
+    assert points.text[0] == "dp1 · tp1 · pp1 · mb4 · bf16 · no AC"  # named by layout
+    assert "parallel.dp=1" in points.hovertext[0] and "trial 0" in points.hovertext[0]
 
     bars = throughput_by_trial(df)
-    shown = sorted(int(x) for trace in bars.data for x in trace.x)
-    assert shown == list(range(10))  # failed trials keep their slot
+    shown = [y for trace in bars.data for y in trace.y]
+    assert len(set(shown)) == 10  # failed trials keep their slot; a repeated name its number
+    assert "dp2 · DDP · tp1 · pp1 · mb4 · bf16 · no AC (#4)" in shown
     fail = next(t for t in bars.data if t.name == "FAIL")
-    assert list(fail.y) == [0.0] and list(fail.text) == ["oom"]
+    assert list(fail.x) == [0.0] and list(fail.text) == ["oom"]
+    assert list(fail.y) == ["dp1 · tp1 · pp1 · mb8 · fp32 · no AC"]
 
 
 def _assert_self_contained(text: str) -> None:
@@ -59,10 +62,8 @@ def test_write_report(study: optuna.Study, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     path = write_report(study, out)
     assert path == out / "report.html"
-    assert sorted(os.listdir(out)) == [
-        "report.html",
-        "trials.csv",
-    ]  # no temp files left
+    # no temp files left; best/: the winner exported (test_report_export.py)
+    assert sorted(os.listdir(out)) == ["best", "report.html", "trials.csv"]
 
     with open(out / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -89,8 +90,9 @@ def test_write_report(study: optuna.Study, tmp_path: Path) -> None:
     assert "infeasible" in text and "/logs/6" in text
     for n in range(10):
         assert f"<td>{n}</td>" in text
-    # Four figures (throughput vs memory, by trial, time breakdown, memory), each once.
-    assert text.count('class="plotly-graph-div"') == 4
+    # Eight figures, each once: leaderboard, knob effects, importances, convergence,
+    # throughput vs memory, by trial, time breakdown, memory.
+    assert text.count('class="plotly-graph-div"') == 8
 
 
 @pytest.mark.parametrize("states", [[], [TrialState.FAIL, TrialState.PRUNED]])

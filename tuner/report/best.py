@@ -112,16 +112,21 @@ def best_section(study: optuna.Study, df: pd.DataFrame, summary: data.SweepSumma
         f"{k}={data.format_value(row[k])}" for k in summary.params if not pd.isna(row[k])
     )
     ties = data.indistinguishable_from(df, row) if summary.best_metric == "tokens_per_s" else []
+    named = df.set_index("number")["layout"]
+    tied = "; ".join(f"{html.escape(str(named[n]))} (trial {n})" for n in ties)
     tie_note = (
         f"<p><strong>Not distinguishable from the best</strong> (their throughput intervals "
-        f"overlap its interval): trial(s) {', '.join(map(str, ties))}. Repeat the measurement "
+        f"overlap its interval): {tied}. Repeat the measurement "
         f"(measure.repeats) before choosing between them.</p>"
         if ties
         else ""
     )
     return (
-        f"{head}<p>Trial {summary.best_number} ({how} {html.escape(summary.best_metric)})"
+        f"{head}<p><strong>{html.escape(str(row['layout']))}</strong>: trial "
+        f"{summary.best_number} ({how} {html.escape(summary.best_metric)})"
         f"{': ' + html.escape(params) if params else ''}</p>"
         f'<table class="metrics">{cells}</table>{tie_note}'
         f"<p>Reproduce:</p><pre>{html.escape(summary.best_command or '')}</pre>"
+        "<p>The same run as a config file, and as DeepSpeed and torchtitan configs: "
+        "<code>best/</code> next to this page (its NOTES.md says what does not carry over).</p>"
     )

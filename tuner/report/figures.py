@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.units import MIB
+from tuner.layout_name import unique_labels
 from tuner.report.data import format_value
 from tuner.report.frame import param_columns
 from tuner.report.measurements import BREAKDOWN_PARTS, MEM_PARTS
@@ -20,6 +21,7 @@ from tuner.report.measurements import BREAKDOWN_PARTS, MEM_PARTS
 logger = logging.getLogger(__name__)
 
 FIG_HEIGHT = 460
+MAX_POINT_LABELS = 15  # more names than this on one scatter overlap: only the front is named
 _STATE_COLORS = {
     "COMPLETE": "#1f77b4",
     "FAIL": "#d62728",
@@ -37,11 +39,12 @@ def _floats(series: pd.Series) -> np.ndarray:
 
 
 def _hover_labels(df: pd.DataFrame) -> list[str]:
-    """'trial 3' plus one ``key=value`` line per searched parameter the trial sampled."""
+    """The layout's name and trial number, then one ``key=value`` line per searched
+    parameter the trial sampled."""
     params = param_columns(df)
     labels = []
     for _, row in df.iterrows():
-        head = f"trial {int(row['number'])}"
+        head = f"<b>{row['layout']}</b><br>trial {int(row['number'])}"
         if not pd.isna(row["duplicate_of"]):
             head += f" (repeat of trial {int(row['duplicate_of'])})"
         lines = [f"{k}={format_value(row[k])}" for k in params if not pd.isna(row[k])]
@@ -49,7 +52,7 @@ def _hover_labels(df: pd.DataFrame) -> list[str]:
     return labels
 
 
-def _empty(fig: go.Figure, message: str) -> go.Figure:
+def empty_figure(fig: go.Figure, message: str) -> go.Figure:
     fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     return fig
 
@@ -85,17 +88,21 @@ def throughput_vs_memory(df: pd.DataFrame, front: pd.DataFrame) -> go.Figure:
         (df["state"] == "COMPLETE") & df["tokens_per_s"].notna() & df["peak_mem_bytes"].notna()
     ]
     if done.empty:
-        return _empty(fig, "No completed trial reported throughput and memory.")
+        return empty_figure(fig, "No completed trial reported throughput and memory.")
     fig.add_trace(
         go.Scatter(
             x=_floats(done["peak_mem_bytes"]) / MIB,
             y=_floats(done["tokens_per_s"]),
-            mode="markers",
+            # every point named when the names fit; past that the front's points are
+            mode="markers+text" if len(done) <= MAX_POINT_LABELS else "markers",
             name="completed trials",
             marker={"size": 9, "color": _STATE_COLORS["COMPLETE"], "opacity": 0.75},
             error_y=_spread(done),
-            text=_hover_labels(done),
-            hovertemplate="%{text}<br>%{x:.1f} MiB<br>%{y:,.0f} tokens/s<extra></extra>",
+            text=list(done["layout"]),
+            textposition="top center",
+            textfont={"size": 9},
+            hovertext=_hover_labels(done),
+            hovertemplate="%{hovertext}<br>%{x:.1f} MiB<br>%{y:,.0f} tokens/s<extra></extra>",
         )
     )
     if not front.empty:
@@ -103,59 +110,71 @@ def throughput_vs_memory(df: pd.DataFrame, front: pd.DataFrame) -> go.Figure:
             go.Scatter(
                 x=_floats(front["peak_mem_bytes"]) / MIB,
                 y=_floats(front["tokens_per_s"]),
-                mode="lines+markers",
+                mode="lines+markers" if len(done) <= MAX_POINT_LABELS else "lines+markers+text",
                 name="Pareto front",
                 # Horizontal-then-vertical steps: with memory m to spare, the best attainable
                 # throughput is that of the last front point left of m, not an interpolation.
                 line={"shape": "hv", "color": "#2ca02c", "width": 2},
                 marker={"size": 12, "symbol": "diamond-open", "color": "#2ca02c"},
-                text=_hover_labels(front),
-                hovertemplate="Pareto: %{text}<extra></extra>",
+                text=list(front["layout"]),
+                textposition="bottom right",
+                textfont={"size": 9},
+                hovertext=_hover_labels(front),
+                hovertemplate="Pareto: %{hovertext}<extra></extra>",
             )
         )
     return fig
 
 
 def throughput_by_trial(df: pd.DataFrame) -> go.Figure:
-    """Bar of tokens/s per trial; trials without throughput get a zero bar labelled with why."""
+    """A horizontal bar of tokens/s per trial, named by its layout, in trial order from the
+    top; trials without throughput get a zero bar labelled with why."""
+    labels = unique_labels(df["layout"], df["number"])
     fig = go.Figure()
     fig.update_layout(
         title="Throughput by trial",
-        xaxis_title="Trial",
-        yaxis_title=_TPS_TITLE,
-        height=FIG_HEIGHT,
+        xaxis_title=_TPS_TITLE,
+        height=bar_height(len(df)),
         barmode="overlay",
         # Category axis so that every trial, even a failed one, has its own labelled slot.
-        xaxis={
+        yaxis={
             "type": "category",
             "categoryorder": "array",
-            "categoryarray": [str(n) for n in df["number"]],
+            "categoryarray": labels[::-1],
+            "automargin": True,
         },
     )
     if df.empty:
-        return _empty(fig, "The sweep has no trials.")
-    for state, group in df.groupby("state", sort=False):
-        y = np.nan_to_num(_floats(group["tokens_per_s"]), nan=0.0)
-        labels = []
+        return empty_figure(fig, "The sweep has no trials.")
+    shown = df.assign(label=labels)
+    for state, group in shown.groupby("state", sort=False):
+        x = np.nan_to_num(_floats(group["tokens_per_s"]), nan=0.0)
+        notes = []
         for _, row in group.iterrows():
             if not pd.isna(row["tokens_per_s"]):
                 dup = row["duplicate_of"]
-                labels.append("" if pd.isna(dup) else f"= #{int(dup)}")
+                notes.append("" if pd.isna(dup) else f"= #{int(dup)}")
             else:
-                labels.append(str(row["fail_reason"]) if not pd.isna(row["fail_reason"]) else state)
+                notes.append(str(row["fail_reason"]) if not pd.isna(row["fail_reason"]) else state)
         fig.add_trace(
             go.Bar(
-                x=[str(n) for n in group["number"]],
-                y=y,
+                y=list(group["label"]),
+                x=x,
+                orientation="h",
                 name=str(state),
                 marker_color=_STATE_COLORS.get(str(state), "#9467bd"),
-                text=labels,
+                text=notes,
                 textposition="outside",
                 hovertext=_hover_labels(group),
-                hovertemplate="%{hovertext}<br>%{y:,.0f} tokens/s<extra>" + str(state) + "</extra>",
+                hovertemplate="%{hovertext}<br>%{x:,.0f} tokens/s<extra>" + str(state) + "</extra>",
             )
         )
     return fig
+
+
+def bar_height(n_bars: int) -> int:
+    """Height of a horizontal bar chart: room for each name, never below the usual height."""
+    return max(FIG_HEIGHT, 120 + 26 * n_bars)
 
 
 _PART_COLORS = {
@@ -183,9 +202,10 @@ def _stacked(
         yaxis_title=unit,
         barmode="stack",
         height=FIG_HEIGHT,
+        xaxis={"tickangle": -25, "automargin": True},  # layout names are long
     )
     if frame.empty:
-        return _empty(fig, empty)
+        return empty_figure(fig, empty)
     for part in parts:
         fig.add_trace(
             go.Bar(
@@ -253,3 +273,10 @@ def memory_vs_prediction(frame: pd.DataFrame) -> go.Figure:
             )
         )
     return fig
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A figure's div and newPlot call; plotly.js is inlined once in the page's head."""
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, default_height=f"{fig.layout.height}px"
+    )

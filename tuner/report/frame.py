@@ -17,6 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from engine import result_schema
+from tuner.layout_name import trial_names
 from tuner.study import WORKER_ATTR, stored_result, worker_alive
 
 if TYPE_CHECKING:
@@ -30,7 +31,15 @@ _METRICS = result_schema.columns("metric")
 _NOTES = result_schema.columns("note")
 #: Per-trial figures (units in the names), one column each: the schema's metric columns.
 METRIC_COLUMNS: tuple[str, ...] = tuple(c.name for c in _METRICS)
-LEAD_COLUMNS: tuple[str, ...] = ("number", "state", "fail_reason", "fail_detail", "duplicate_of")
+#: ``layout``: the run in words (tuner.layout_name), how figures and tables name a trial.
+LEAD_COLUMNS: tuple[str, ...] = (
+    "number",
+    "state",
+    "fail_reason",
+    "fail_detail",
+    "duplicate_of",
+    "layout",
+)
 #: What the figures mean for this trial: the machine that measured it, then the schema's note
 #: columns (what the memory prediction was compared with, whether the timed steps ran under
 #: the profiler, and why a blank figure is blank).
@@ -106,6 +115,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         return [t.user_attrs.get(name) for t in trials]
 
     dead = [_dead_worker(t) for t in trials]
+    names = trial_names(study)
     columns: dict[str, pd.Series] = {
         "number": pd.Series([t.number for t in trials], dtype="int64"),
         "state": pd.Series(
@@ -122,6 +132,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             numeric=False,
         ),
         "duplicate_of": pd.Series(attr("duplicate_of"), dtype="Int64"),
+        "layout": pd.Series([names[t.number] for t in trials], dtype=object),
     }
     for name in _param_names(trials):
         columns[name] = _column([t.params.get(name) for t in trials], numeric=False)

@@ -17,12 +17,14 @@ import pandas as pd
 import plotly.offline
 
 from tuner.outputs import OutputError, atomic_write_text, describe
-from tuner.report import data, figures, measurements
+from tuner.report import data, figures, measurements, sections
 from tuner.report.best import best_section
+from tuner.report.export_best import write_best
+from tuner.report.figures import figure_html
+from tuner.report.leaderboard import leaderboard
 
 if TYPE_CHECKING:
     import optuna
-    import plotly.graph_objects as go
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,15 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
 td { font-variant-numeric: tabular-nums; }
 th { background: #f0f0f0; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+td { overflow-wrap: anywhere; max-width: 40em; }
+th { overflow-wrap: anywhere; }  /* long column names wrap rather than widen the page */
+.all table td:nth-child(2) { min-width: 14em; overflow-wrap: normal; }  /* the layout */
+.board td:nth-child(2) { overflow-wrap: normal; min-width: 16em; }
+.tie { color: #2ca02c; font-weight: 600; white-space: nowrap; }
+details { margin: 0.4em 0; } summary { cursor: pointer; font-weight: 600; }
+details details { margin-left: 1em; }
+.plotly-graph-div { max-width: 100%; }
 """
 
 
@@ -80,13 +90,6 @@ def page(title: str, body: list[str]) -> str:
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n"
         f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
         "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
-    )
-
-
-def figure_html(fig: go.Figure) -> str:
-    # plotly.js is already in <head>; each figure adds only its div and newPlot call.
-    return fig.to_html(
-        full_html=False, include_plotlyjs=False, default_height=f"{fig.layout.height}px"
     )
 
 
@@ -140,15 +143,16 @@ def _failure_section(df: pd.DataFrame) -> str:
     return f"{head}<p>{len(failed)} trials ({counts}).</p>" + _table(failed)
 
 
-def _comm_section(study: optuna.Study, summary: data.SweepSummary) -> str:
+def _comm_section(study: optuna.Study, df: pd.DataFrame, summary: data.SweepSummary) -> str:
     if summary.best_number is None:
         return ""
     table, notes = data.collective_table(study, summary.best_number)
     if table.empty:
         return ""
+    layout = str(df.loc[df["number"] == summary.best_number, "layout"].iloc[0])
     caveats = "".join(f'<p class="muted">{html.escape(n)}</p>' for n in notes)
     return (
-        f"<h2>Communication of trial {summary.best_number}</h2>"
+        f"<h2>Communication of trial {summary.best_number}: {html.escape(layout)}</h2>"
         "<p>Per step and rank, by collective: count, size, time in flight, the part of it during "
         "which the rank computed nothing (exposed), and bandwidths in nccl-tests' conventions "
         "(empty where several mesh dimensions communicate and the group size is ambiguous).</p>"
@@ -163,11 +167,14 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         df = data.trials_frame(study)
     summary = data.summarize(study, df)
     front = data.pareto_front(df)
+    board = leaderboard(df, metric=summary.best_metric, maximize=summary.best_maximize)
     body = [
         _title(summary),
         _machines(study, df),
+        sections.leaderboard_section(board),
         best_section(study, df, summary),
-        _comm_section(study, summary),
+        sections.knobs_section(study, df, summary),
+        _comm_section(study, df, summary),
         "<h2>Throughput vs memory</h2>",
         f'<p class="muted">{len(front)} trials on the Pareto front: no other completed trial '
         + "has both less memory and more throughput.</p>",
@@ -188,8 +195,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         "measurement (no profiled step on CPU) are left out.</p>",
         figure_html(figures.memory_vs_prediction(measurements.memory_prediction(df))),
         _failure_section(df),
-        "<h2>All trials</h2>",
-        _table(df) if not df.empty else "<p>The sweep has no trials.</p>",
+        sections.all_trials_section(df, _table),
     ]
     return page(f"paratune: {summary.sweep_name}", body)
 
@@ -205,5 +211,6 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike[str]) -> Path:
     atomic_write_text(out / "trials.csv", df.to_csv(index=False))
     path = out / "report.html"
     atomic_write_text(path, render_report(study, df))
+    write_best(study, data.summarize(study, df), out)
     logger.info("wrote sweep report %s (%d trials)", path, len(df))
     return path

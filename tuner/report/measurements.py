@@ -10,6 +10,7 @@ import pandas as pd
 
 from engine.result_schema import BREAKDOWN_PARTS, FIELD, MEM_PARTS
 from engine.units import MIB
+from tuner.layout_name import unique_labels
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -18,10 +19,6 @@ __all__ = ["BREAKDOWN_PARTS", "MEM_PARTS", "memory_prediction", "step_breakdown"
 # part -> its column (engine/result_schema.py); the stacked bars show the parts in this order
 _BREAKDOWN_COLUMNS: dict[str, str] = dict(FIELD["breakdown"].parts)
 _MEM_COLUMNS: dict[str, str] = dict(FIELD["mem_breakdown"].parts)
-
-
-def _trial_label(row: pd.Series) -> str:
-    return f"trial {int(row['number'])}"
 
 
 def _measured(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -35,7 +32,7 @@ def step_breakdown(df: pd.DataFrame) -> pd.DataFrame:
     stopwatch's step time of the same profiled steps next to the parts' sum."""
     cols = [_BREAKDOWN_COLUMNS[p] for p in BREAKDOWN_PARTS]
     ok = _measured(df, cols)
-    out = pd.DataFrame({"trial": [_trial_label(r) for _, r in ok.iterrows()]})
+    out = pd.DataFrame({"trial": unique_labels(ok["layout"], ok["number"])})
     for part, col in zip(BREAKDOWN_PARTS, cols, strict=True):
         out[part] = 1e3 * ok[col].to_numpy(dtype="float64")
     out["step_ms"] = 1e3 * ok["breakdown_step_s"].to_numpy(dtype="float64", na_value=np.nan)
@@ -59,7 +56,7 @@ def memory_prediction(df: pd.DataFrame) -> pd.DataFrame:
         "mem_compared_bytes",
     ]
     ok = _measured(df, cols)
-    out = pd.DataFrame({"trial": [_trial_label(r) for _, r in ok.iterrows()]})
+    out = pd.DataFrame({"trial": unique_labels(ok["layout"], ok["number"])})
     for part in MEM_PARTS:
         out[part] = ok[_MEM_COLUMNS[part]].to_numpy(dtype="float64") / MIB
     out["predicted"] = ok["predicted_peak_mem_bytes"].to_numpy(dtype="float64") / MIB
