@@ -272,6 +272,15 @@ def _check_combinations(cfg: RunConfig) -> None:
         )
 
 
+def _check_compile(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.compile != "none" and t.warmup_steps < 1:
+        raise ConfigError(
+            f"train.compile={t.compile} compiles in the first step, which must not be timed, "
+            "but train.warmup_steps=0; set train.warmup_steps >= 1 or train.compile=none."
+        )
+
+
 def validate_layout(cfg: RunConfig, *, model_shape: bool = True) -> None:
     """Checks of settings against each other: a sweep prunes a layout that fails them.
     ``model_shape=False``: leave out the checks against the GPT's shape (``cfg.model``), for
@@ -280,6 +289,7 @@ def validate_layout(cfg: RunConfig, *, model_shape: bool = True) -> None:
     _check_batch(cfg)
     _check_tensor(cfg, model_shape=model_shape)
     _check_pipeline(cfg, model_shape=model_shape)
+    _check_compile(cfg)
 
 
 def validate(cfg: RunConfig, *, model_shape: bool = True) -> RunConfig:

@@ -57,6 +57,21 @@ LAYOUTS = {
 
 MEM_RTOL = 0.25
 BREAKDOWN_RTOL = 0.05
+BF16_LOSS_ATOL = 5e-3  # bf16 autocast against the fp32 reference (as tests/engine/test_precision)
+
+# train.compile=blocks on every layout PyTorch compiles (engine/validate.py refuses the others)
+COMPILED = [
+    "zero0-dp2",
+    "zero1-dp2",
+    "zero2-dp2",
+    "zero3-dp2",
+    "tp2",
+    "tp2-sp",
+    "pp2-1f1b",
+    "dp2-ac-full",
+    "dp2-ac-selective",
+    "zero3-dp2-tp2",
+]
 
 
 def _run(tmp, parallel: dict, train: dict, model: dict | None = None) -> tuple[dict, dict]:
@@ -123,6 +138,26 @@ def assert_trains_like(run: tuple[dict, dict], reference: tuple[dict, dict]) -> 
 def test_layout_equals_reference(reference, tmp_path, layout):
     parallel, train = LAYOUTS[layout]
     assert_trains_like(_run(tmp_path, parallel, train), reference)
+
+
+@pytest.mark.parametrize("layout", COMPILED)
+def test_compiled_blocks_layout_equals_reference(reference, tmp_path, layout):
+    parallel, train = LAYOUTS[layout]
+    run = _run(tmp_path, parallel, {**train, "compile": "blocks"})
+    assert run[0]["compile_s"] > 0  # it did compile, in the untimed warmup steps
+    assert_trains_like(run, reference)
+
+
+@pytest.mark.parametrize("layout", ["zero0-dp2", "zero3-dp2"])
+def test_compiled_model_layout_equals_reference(reference, tmp_path, layout):
+    parallel, train = LAYOUTS[layout]
+    assert_trains_like(_run(tmp_path, parallel, {**train, "compile": "model"}), reference)
+
+
+def test_compiled_blocks_in_bf16_stay_within_the_bf16_tolerance(reference, tmp_path):
+    result, _ = _run(tmp_path, {"dp": 2, "zero": 2}, {"compile": "blocks", "precision": "bf16"})
+    expected = reference[0]["losses"]
+    torch.testing.assert_close(result["losses"], expected, rtol=0, atol=BF16_LOSS_ATOL)
 
 
 # an odd vocabulary (257, as GPT-2's 50,257 is odd) padded to 384 rows: tensor parallelism splits
