@@ -249,6 +249,7 @@ def test_layout_sweep_progress_shows_derived_dp_and_no_idle_knobs(tmp_path):
         "space.train.micro_batch=[2]",
         "~space.train.precision",
         "~space.train.activation_checkpointing",
+        "~space.train.compile",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
