@@ -51,7 +51,8 @@ def main() -> None:
         f"Command: `python bench/compile_speed.py --pairs {args.pairs} --modes "
         f"{' '.join(args.modes)} {' '.join(overrides)}`",
         "",
-        f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores.",
+        f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores; other work "
+        "shares the machine, so compare the min-max ranges, not only the medians.",
         "",
         f"| train.compile | median tokens/s | min | max | vs {args.modes[0]} | compile_s median |",
         "|---|---|---|---|---|---|",
