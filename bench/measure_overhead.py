@@ -32,10 +32,15 @@ DEFAULT = [
 ]
 
 
-def run(overrides: list[str], out: Path) -> float:
+def run_result(overrides: list[str], out: Path) -> dict:
+    """The result JSON of one `tuner run` with ``overrides``, written to ``out``."""
     cmd = [sys.executable, "-m", "tuner", "run", *overrides, f"run.out={out}"]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-    return json.loads(out.read_text())["tokens_per_s"]
+    return json.loads(out.read_text())
+
+
+def run(overrides: list[str], out: Path) -> float:
+    return run_result(overrides, out)["tokens_per_s"]
 
 
 def main() -> None:
@@ -62,15 +67,23 @@ def main() -> None:
         "| arm | median tokens/s | min | max | vs unmeasured |",
         "|---|---|---|---|---|",
     ]
-    for name, values in results.items():
-        med = statistics.median(values)
-        lines.append(
-            f"| {name} | {med:,.0f} | {min(values):,.0f} | {max(values):,.0f} | "
-            f"{100 * (med / base - 1):+.1f}% |"
-        )
+    lines += [arm_row(name, values, base) for name, values in results.items()]
+    publish(lines, "measure_overhead.md")
+
+
+def arm_row(name: str, values: list[float], base: float) -> str:
+    """| arm | median | min | max | median against ``base`` | of tokens/s ``values``."""
+    med = statistics.median(values)
+    return (
+        f"| {name} | {med:,.0f} | {min(values):,.0f} | {max(values):,.0f} | "
+        f"{100 * (med / base - 1):+.1f}% |"
+    )
+
+
+def publish(lines: list[str], name: str) -> None:
+    """Write the table to bench/results/``name`` and print it."""
     text = "\n".join(lines) + "\n"
-    out = ROOT / "bench" / "results" / "measure_overhead.md"
-    out.write_text(text)
+    (ROOT / "bench" / "results" / name).write_text(text)
     print(text)
 
 

@@ -18,6 +18,7 @@ MLP_TYPES = ("gelu", "swiglu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 AC_MODES = ("none", "selective", "full")  # train.activation_checkpointing
+COMPILE_MODES = ("none", "blocks", "model")  # train.compile
 ZERO_STAGES = (0, 1, 2, 3)  # parallel.zero
 # model.source: the built-in GPT, a transformers configuration, or the user's own module
 MODEL_SOURCES = ("gpt", "hf", "custom")
@@ -124,6 +125,9 @@ class TrainConfig:
     activation_checkpointing: str = "none"  # none | selective | full
     reduce_dtype: str = "fp32"  # dtype of data-parallel gradient reduction: fp32 | bf16
     loss_scale_growth_interval: int = 2000  # fp16: overflow-free steps before the scale doubles
+    # torch.compile: none (eager) | blocks (each transformer block, as torchtitan does) | model
+    # (each model part whole); compilation happens in the warmup steps, timed as compile_s
+    compile: str = "none"
 
     @property
     def measured_steps(self) -> int:

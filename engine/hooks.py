@@ -9,6 +9,7 @@ user's run reports the runner's figures.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -20,11 +21,14 @@ from engine.metrics import comm
 from engine.metrics.memory import PeakMemory, live_tensor_bytes, window_peak_bytes
 from engine.metrics.timeline import DATA, STEP, Timeline
 from engine.metrics.timing import Stopwatch
+from engine.parallel.compile import compile_seconds
 from engine.parallelize import Batch
 from engine.record import RankRecord, profile_window
 from engine.runtime import DistContext
 from engine.state import gather_full_state
 from engine.step import TrainStep, Update
+
+log = logging.getLogger(__name__)
 
 
 def _profiler(device: torch.device) -> profile:
@@ -63,6 +67,8 @@ class Measurement:
         self.prof: profile | None = None
         self.calls_before, self.inline_before, self.live_at_start = None, 0, 0
         self.step_time = self.data_time = 0.0
+        # dynamo's counters are per process: what this run compiles is the difference
+        self.compiled_before, self.compiled_at_measure = compile_seconds(), None
 
     def __enter__(self) -> Measurement:
         return self
@@ -74,6 +80,7 @@ class Measurement:
         measured_from = self.record.first_step + self.cfg.train.warmup_steps
         if step == measured_from:
             self.memory.reset()
+            self.compiled_at_measure = compile_seconds()
         start, end = self.window
         if step != start or start >= end:
             return
@@ -151,6 +158,15 @@ class Measurement:
         if not self.record.memory:
             self.record.memory = self.memory.read()
         self.record.loss_scale = self.trainer.precision.loss_scale
+        now = compile_seconds()
+        self.record.compile_s = now - self.compiled_before
+        timed = self.compiled_at_measure
+        if timed is not None and now > timed:
+            log.warning(
+                "torch.compile ran %.2fs within the timed steps (a recompilation); their "
+                "times include it: raise train.warmup_steps",
+                now - timed,
+            )
 
 
 class Checkpointing:

@@ -1,11 +1,11 @@
 """Builds this rank's share of the model for a layout, and the step function that trains it.
 
-Order (torchtitan's): pipeline split -> tensor parallel -> activation checkpointing -> FSDP2
-(ZeRO 2/3); then this rank's shard is initialised; then DDP / replicate, which need real
-tensors. The model comes from a recipe (engine.recipe): the built-in GPT is built on the meta
-device and initialised by parameter name (engine.weights), so every layout starts from the
-reference's exact weights while no rank ever holds the whole model; a user's module brings
-its own weights.
+Order (torchtitan's): pipeline split -> tensor parallel -> activation checkpointing ->
+torch.compile -> FSDP2 (ZeRO 2/3); then this rank's shard is initialised; then DDP / replicate,
+which need real tensors. The model comes from a recipe (engine.recipe): the built-in GPT is
+built on the meta device and initialised by parameter name (engine.weights), so every layout
+starts from the reference's exact weights while no rank ever holds the whole model; a user's
+module brings its own weights.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from engine.model import GPT
 from engine.parallel import data as dp_wrap
 from engine.parallel import pipeline as pp_mod
 from engine.parallel.activation import checkpoint_module
+from engine.parallel.compile import apply_compile
 from engine.parallel.tensor import full_tensor_of, loss_context
 from engine.precision import Precision
 from engine.recipe import GPTRecipe, LossFn, Recipe, token_cross_entropy
@@ -77,6 +78,7 @@ def _shard(
     if mesh.tp > 1:
         recipe.tensor_parallel(part, mesh.sub("tp"), sequence_parallel=cfg.parallel.sp)
     units = _checkpoint_blocks(part, recipe, cfg.train.activation_checkpointing)
+    apply_compile(part, recipe, cfg.train.compile)  # in place: the units stay the same modules
 
     def wrap(m: nn.Module) -> nn.Module:
         return dp_wrap.apply_data_parallel(

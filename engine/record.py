@@ -34,6 +34,7 @@ class RankRecord:
     first_step: int = 0  # > 0 when resumed from a checkpoint
     ckpt_save_s: list[float] = field(default_factory=list)
     ckpt_load_s: float | None = None
+    compile_s: float = 0.0  # torch.compile's wall time in this rank (train.compile)
 
 
 def profile_window(cfg: RunConfig, first_step: int = 0) -> tuple[int, int]:

@@ -218,6 +218,8 @@ FIELDS: tuple[Field, ...] = (
        "mean seconds per checkpoint save, slowest rank"),
     _f("ckpt_load_s", "s", "measured", "mean",
        "seconds to load the checkpoint resumed from, slowest rank"),
+    _f("compile_s", "s", "measured", "mean",
+       "torch.compile wall time in the warmup steps, slowest rank (0: eager)", column=M),
     _f("timing_includes_profiler", "flag", "config", "any",
        "the timed steps ran under the profiler", column=N),
     _f("model_notes", "", "config", "same",

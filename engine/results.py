@@ -275,6 +275,8 @@ def build_result(
             )
             or None,
             "ckpt_load_s": max((r.ckpt_load_s or 0.0) for r in records) or None,
+            # torch.compile's wall time, slowest rank: spent in the untimed warmup steps
+            "compile_s": max(r.compile_s for r in records),
         }
     )
     return conform(result)

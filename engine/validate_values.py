@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.config import (
     AC_MODES,
+    COMPILE_MODES,
     DATA_KINDS,
     DEVICES,
     MLP_TYPES,
@@ -195,6 +196,7 @@ RUN_RULES: dict[str, Rule] = {
     "train.betas": Rule("floats", 0, 1, length=2, what="a list of 2 numbers, each in [0, 1)"),
     "train.grad_clip": _float(0, 1e9),  # 0: no clipping
     "train.activation_checkpointing": Rule("choice", choices=AC_MODES),
+    "train.compile": Rule("choice", choices=COMPILE_MODES),
     "train.reduce_dtype": Rule("choice", choices=("fp32", "bf16")),
     "train.loss_scale_growth_interval": _int(1, MAX_STEPS),
     "measure.profile_steps": _int(0, MAX_STEPS),

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from engine.units import KIB
 
@@ -71,17 +72,25 @@ def live_tensor_bytes(modules: Iterable[nn.Module]) -> int:
     seen: dict[int, int] = {}
     with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
         warnings.simplefilter("ignore", FutureWarning)
-        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+        tensors = [obj for obj in gc.get_objects() if _is_tensor(obj)]
     for obj in tensors:
         local = getattr(obj, "_local_tensor", obj)  # DTensor: its shard holds the storage
         try:
-            if local.device.type != "cpu" or local.is_meta:
+            # torch.compile's fake tensors (kept in its caches) have no data
+            if local.device.type != "cpu" or local.is_meta or isinstance(local, FakeTensor):
                 continue
             storage = local.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without a storage
             continue
-        seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values()) + sum(_ddp_bucket_bytes(m) for m in modules)
+
+
+def _is_tensor(obj: object) -> bool:
+    try:
+        return isinstance(obj, torch.Tensor)
+    except ReferenceError:  # a weak proxy (torch.compile keeps some) whose object is gone
+        return False
 
 
 def _ddp_bucket_bytes(module: nn.Module) -> int:

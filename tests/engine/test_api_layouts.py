@@ -77,6 +77,18 @@ def test_engine_layout_equals_reference(reference, tmp_path, layout):
     assert sorted(run[0]) == sorted(reference[0])  # the runner's figures, every one
 
 
+def test_engine_compiled_blocks_equal_reference_and_report_compile_time(reference, tmp_path):
+    parallel, train = LAYOUTS["zero2-dp2"]
+    cfg = tiny_config(
+        parallel=parallel,
+        train={"steps": STEPS, "global_batch": 8, "micro_batch": 2, "compile": "blocks", **train},
+        measure={"count_calls": True},
+    )
+    run = _engine_run(tmp_path, cfg)
+    assert_trains_like(run, reference)
+    assert run[0]["compile_s"] > 0 == reference[0]["compile_s"]
+
+
 def test_engine_fp16_pipeline_equals_runner(tmp_path):
     """fp16 loss scaling under a pipeline schedule: the runner's losses and scale."""
     cfg = tiny_config(

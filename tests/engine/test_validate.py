@@ -68,6 +68,18 @@ def test_defaults_are_valid():
             ["train.activation_checkpointing", "selective"],
         ),
         ({"train": {"precision": "fp8"}}, ["train.precision", "fp8", "bf16"]),
+        ({"train": {"compile": "all"}}, ["train.compile", "all", "blocks"]),
+        (
+            {"train": {"compile": "blocks", "warmup_steps": 0}},
+            ["train.compile=blocks", "train.warmup_steps=0"],
+        ),
+        (
+            {
+                "parallel": {"pp": 2, "pp_schedule": "zbv_zero_bubble"},
+                "train": {"compile": "model"},
+            },
+            ["train.compile=model", "zbv_zero_bubble", "valid with compile: gpipe"],
+        ),
         ({"train": {"micro_batch": 3}}, ["train.micro_batch=3", "valid train.micro_batch"]),
         ({"train": {"steps": 2, "warmup_steps": 2}}, ["train.steps", "train.warmup_steps"]),
         ({"model": {"n_heads": 3}}, ["model.d_model", "model.n_heads"]),
