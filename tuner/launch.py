@@ -23,11 +23,12 @@ from engine.results import write_json_atomic
 from tuner.config import LauncherConfig
 from tuner.failures import classify
 from tuner.launcher_checks import ranks_per_node
+from tuner.slurm import launch_step
 from tuner.torchrun import launch_nodes
 
 log = logging.getLogger(__name__)
 # launchers whose ranks may span nodes (launcher.name -> how one launch starts them)
-NODE_LAUNCHERS = {"torchrun": launch_nodes}
+NODE_LAUNCHERS = {"torchrun": launch_nodes, "slurm": launch_step}
 
 
 @dataclass
@@ -87,7 +88,7 @@ def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> Tri
     if cause is not None and verdict.reason == "crash":
         verdict = cause
     reason, detail = verdict.reason, verdict.detail
-    if reason == "timeout":
+    if reason == "timeout" and launched.timed_out:  # not a limit the cluster enforced
         detail = f"no result within launcher.timeout_s={launcher.timeout_s:g}s"
     if reason is None and -signal.SIGABRT in launched.returncodes:
         log.warning(

@@ -18,11 +18,12 @@ from engine.config import ConfigError
 from engine.validate_values import Rule, shown
 from tuner.schema import LauncherConfig
 
-LAUNCHERS = ("local", "torchrun")
+LAUNCHERS = ("local", "torchrun", "slurm")
 # keys each launcher reads beyond the common ones (timeout, ranks, memory)
 _OWN_KEYS = {
     "local": (),
     "torchrun": ("nnodes", "nproc_per_node", "rdzv_endpoint", "node_command", "hosts"),
+    "slurm": ("nnodes", "nproc_per_node", "srun_args"),
 }
 NODE_FIELDS = ("host", "node")  # placeholders of launcher.node_command
 LAUNCHER_RULES: dict[str, Rule] = {
@@ -38,6 +39,11 @@ LAUNCHER_RULES: dict[str, Rule] = {
     "launcher.hosts": Rule(
         "list",
         item=Rule("str", pattern=r"[\w.@-]{1,253}", what="a host name or address"),
+        min_items=0,
+    ),
+    "launcher.srun_args": Rule(
+        "list",
+        item=Rule("str", pattern=r"-.+", what="an srun option (starting with '-')"),
         min_items=0,
     ),
 }

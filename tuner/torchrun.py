@@ -131,7 +131,7 @@ def node_argv(
     return [*prefix, "env", *pairs, *agent]
 
 
-def _start(argv: list[str], env: dict[str, str] | None, log_path: Path) -> subprocess.Popen:
+def start_logged(argv: list[str], env: dict[str, str] | None, log_path: Path) -> subprocess.Popen:
     with log_path.open("w") as out:
         return subprocess.Popen(
             # engine.orphan_guard: the agent (or ssh, srun) dies with the sweep
@@ -144,7 +144,7 @@ def _start(argv: list[str], env: dict[str, str] | None, log_path: Path) -> subpr
         )
 
 
-def _read_records(log_dir: Path, world: int, start_wall: float) -> LaunchResult:
+def read_records(log_dir: Path, world: int, start_wall: float) -> LaunchResult:
     """The ranks' own exit records as a LaunchResult; a rank without one (killed with its
     agent) or stopped by its agent after another failed did not end by itself: None."""
     codes: list[int | None] = [None] * world
@@ -212,7 +212,7 @@ def launch_nodes(
             )
             argv = agent if node == 0 else node_argv(launcher, node, agent, env)
             path = log_dir / f"agent{node}.log"
-            procs.append((_start(argv, env, path), path))
+            procs.append((start_logged(argv, env, path), path))
         codes, times, timed_out = _supervise(procs, launcher.timeout_s - (started - t0), started)
         paths = [path for _, path in procs]
         clash = not launcher.rdzv_endpoint and _port_clash(paths[:1])
@@ -223,6 +223,6 @@ def launch_nodes(
     agents = LaunchResult(
         codes, timed_out, wall, paths, exit_s=times, pids=[p.pid for p, _ in procs]
     )
-    ranks = _read_records(log_dir, world, start_wall)
+    ranks = read_records(log_dir, world, start_wall)
     ranks.timed_out, ranks.wall_s = timed_out, wall
     return NodesLaunch(ranks, agents, None if timed_out else _agent_cause(ranks, agents))

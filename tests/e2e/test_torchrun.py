@@ -6,14 +6,12 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import REPO, cli, engine_pids, wait_until
+from tests.helpers import cli, cli_started, engine_pids, wait_until
 
 pytestmark = pytest.mark.slow
 FAST = ["model=tiny", "train.steps=5", "train.warmup_steps=1"]
@@ -72,29 +70,18 @@ def _in_collectives(pid: int) -> bool:
 
 
 def test_a_killed_agent_fails_the_trial_on_both_nodes_and_the_sweep_goes_on(tmp_path):
-    sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tuner",
-            "sweep",
-            *FAST,
-            "train.steps=20",  # long enough to be killed mid-trial
-            "sweep.name=agents",
-            "sweep.n_trials=2",
-            "sampler=bruteforce",
-            "space.parallel.dp=[2]",
-            "space.train.micro_batch=[2,4]",
-            "~space.train.precision",
-            *TWO_NODES,
-        ],
-        cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    args = [
+        *FAST,
+        "train.steps=20",  # long enough to be killed mid-trial
+        "sweep.name=agents",
+        "sweep.n_trials=2",
+        "sampler=bruteforce",
+        "space.parallel.dp=[2]",
+        "space.train.micro_batch=[2,4]",
+        "~space.train.precision",
+        *TWO_NODES,
+    ]
+    with cli_started("sweep", *args, cwd=tmp_path) as sweep:
         procs: dict[str, list[int]] = {}
 
         def training() -> bool:
@@ -109,10 +96,6 @@ def test_a_killed_agent_fails_the_trial_on_both_nodes_and_the_sweep_goes_on(tmp_
         assert wait_until(lambda: not _trial_processes("0000"), timeout_s=20), procs
         _, err = sweep.communicate(timeout=600)
         assert sweep.returncode == 0, err
-    finally:  # whatever the outcome, end what this test started
-        if sweep.poll() is None:
-            sweep.kill()
-            sweep.wait()
     with (tmp_path / "reports" / "agents" / "trials.csv").open() as f:
         rows = {int(r["number"]): r for r in csv.DictReader(f)}
     assert (rows[0]["state"], rows[0]["fail_reason"]) == ("FAIL", "crash")

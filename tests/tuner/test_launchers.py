@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -10,6 +11,7 @@ from engine.config import ConfigError
 from tests.helpers import cli, tiny_config
 from tuner.config import load
 from tuner.feasibility import Infeasible, runnable
+from tuner.slurm import node_script, srun_command
 from tuner.torchrun import agent_command, node_argv
 
 
@@ -29,6 +31,11 @@ from tuner.torchrun import agent_command, node_argv
         (["launcher=torchrun", "launcher.node_command='ssh {hots}'"], ["{host}", "{hots}"]),
         (["launcher=torchrun", "launcher.node_command='ssh {'"], ["cannot be read"]),
         (["launcher=torchrun", "launcher.hosts=[n2]"], ["launcher.hosts", "no effect"]),
+        (
+            ["launcher=slurm", "launcher.node_command='ssh {host}'"],
+            ["launcher.node_command", "no effect", "launcher=torchrun"],
+        ),
+        (["launcher=slurm", "launcher.srun_args=[gpu]"], ["launcher.srun_args", "srun option"]),
         (["launcher=torchrun", "launcher.hosts=['a b']"], ["launcher.hosts", "a b"]),
         (
             [
@@ -111,3 +118,18 @@ def test_node_zero_hosts_the_rendezvous_and_other_nodes_join_through_the_node_co
     # loopback "nodes" on this machine: no prefix, and the workers' store on 127.0.0.1
     _, local = _agents("launcher.nnodes=2")
     assert local[1:3] == ["-m", "torch.distributed.run"] and "--local-addr=127.0.0.1" in local
+
+
+def test_each_slurm_node_runs_one_agent_that_joins_the_steps_first_node(tmp_path):
+    overrides = ["launcher=slurm", "launcher.nnodes=2", 'launcher.srun_args=["--partition=gpu"]']
+    launcher = load(overrides).launcher
+    script = node_script(launcher, nproc=4, log_dir=tmp_path, config_path=tmp_path / "c.json")
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    for part in ("--rdzv-endpoint=$head:$port", "--nproc-per-node=4", "is_host=$((node == 0))"):
+        assert part in script
+    assert script.rstrip().endswith(
+        f"-m engine.torchrun_rank $node {tmp_path} {sys.executable} -m engine {tmp_path}/c.json"
+    )
+    argv = srun_command(launcher, script=tmp_path / "node.sh", log_dir=tmp_path)
+    assert argv[0] == "srun" and {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1"} <= set(argv)
+    assert argv[-3:] == ["--partition=gpu", "bash", str(tmp_path / "node.sh")]  # the user's last
