@@ -54,7 +54,8 @@ def check_machine(cfg: RunConfig, launcher: LauncherConfig) -> None:
             "launcher.max_ranks)."
         )
     wants_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if wants_cuda and world > torch.cuda.device_count():
+    # under Slurm the ranks run on nodes the cluster allocates, whose GPUs this one may lack
+    if wants_cuda and launcher.name != "slurm" and world > torch.cuda.device_count():
         gpus = torch.cuda.device_count()
         raise ConfigError(
             f"{world} ranks need {world} GPUs (NCCL runs one rank per GPU), but this machine has "
