@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,27 @@ def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProc
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def cli_started(*args: str, cwd: Path) -> Iterator[subprocess.Popen]:
+    """``python -m tuner ARGS`` running in the background (stderr piped); killed on the way out
+    if it is still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
 
 
 # set for the whole test session (conftest) and inherited by every process the tests start,

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from engine.config import AC_MODES, PP_SCHEDULES, PRECISIONS, ZERO_STAGES, ConfigError
 from engine.validate_values import SEED_MAX, Rule, check, check_all, shown
 from tuner.hydra_errors import explain, one_line
+from tuner.launcher_checks import LAUNCHER_RULES, check_launcher
 from tuner.schema import OBJECTIVES
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ TUNER_RULES: dict[str, Rule] = {
     "calibrate.world_sizes": Rule("list", item=Rule("int", 2, 256)),
     "compare.force": Rule("bool"),
     "compare.out": Rule("str"),
+    **LAUNCHER_RULES,
 }
 # keyword arguments of Optuna's samplers that take counts or seeds; the sampler classes
 # check little themselves (a seed of -1 fails only at the first trial)
@@ -93,6 +95,7 @@ def check_tuner_sections(cfg: Loaded) -> None:
             raise ConfigError(explain(err)) from None
         values.update({f"{section}.{k}": v for k, v in node.items()})
     check_all({k: v for k, v in values.items() if k in TUNER_RULES}, TUNER_RULES)
+    check_launcher(cfg.launcher, out_dir=s.out_dir)
     bad = [o for o in s.objectives if o not in OBJECTIVES]
     if bad or not s.objectives or len(set(s.objectives)) != len(s.objectives):
         raise ConfigError(

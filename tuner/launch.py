@@ -22,8 +22,13 @@ from engine.repeats import merge as merge_repeats
 from engine.results import write_json_atomic
 from tuner.config import LauncherConfig
 from tuner.failures import classify
+from tuner.launcher_checks import ranks_per_node
+from tuner.slurm import launch_step
+from tuner.torchrun import launch_nodes
 
 log = logging.getLogger(__name__)
+# launchers whose ranks may span nodes (launcher.name -> how one launch starts them)
+NODE_LAUNCHERS = {"torchrun": launch_nodes, "slurm": launch_step}
 
 
 @dataclass
@@ -39,39 +44,52 @@ class TrialOutcome:
 
 def check_machine(cfg: RunConfig, launcher: LauncherConfig) -> None:
     """Refuse a world size this machine cannot start, before launching anything."""
-    world = cfg.parallel.n_ranks
+    # on each node (this machine is one of them, and stands for the others)
+    world = ranks_per_node(cfg.parallel.n_ranks, launcher)
     if world > launcher.max_ranks:
         raise ConfigError(
-            f"parallel.dp * parallel.tp * parallel.pp = {world} ranks, but at most "
-            f"launcher.max_ranks={launcher.max_ranks} run on this machine; valid: a layout of "
-            f"<= {launcher.max_ranks} ranks (or raise launcher.max_ranks)."
+            f"parallel.dp * parallel.tp * parallel.pp = {cfg.parallel.n_ranks} ranks, {world} "
+            f"per node, but at most launcher.max_ranks={launcher.max_ranks} run on this "
+            f"machine; valid: a layout of <= {launcher.max_ranks} ranks per node (or raise "
+            "launcher.max_ranks)."
         )
     wants_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if wants_cuda and world > torch.cuda.device_count():
+    # under Slurm the ranks run on nodes the cluster allocates, whose GPUs this one may lack
+    if wants_cuda and launcher.name != "slurm" and world > torch.cuda.device_count():
         gpus = torch.cuda.device_count()
         raise ConfigError(
             f"{world} ranks need {world} GPUs (NCCL runs one rank per GPU), but this machine has "
-            f"{gpus}; valid: parallel.dp * tp * pp <= {gpus}."
+            f"{gpus}; valid: parallel.dp * tp * pp <= {gpus} per node."
         )
 
 
 def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> TrialOutcome:
     run_dir.mkdir(parents=True, exist_ok=True)
+    if launcher.name != "local":  # other nodes see the trial's files by absolute paths only
+        run_dir = run_dir.resolve()
     result_path = run_dir / "result.json"
     result_path.unlink(missing_ok=True)
     cfg = RunConfig.from_dict({**cfg.to_dict(), "out": str(result_path)})
     config_path = run_dir / "config.json"
     write_json_atomic(config_path, cfg.to_dict())
-    launched = launch(
-        engine_command(config_path),
-        nproc=cfg.parallel.n_ranks,
-        log_dir=run_dir,
-        timeout_s=launcher.timeout_s,
-    )
+    cause = None  # a node's failure that explains its ranks' (multi-node launchers)
+    if launcher.name in NODE_LAUNCHERS:
+        start = NODE_LAUNCHERS[launcher.name]
+        nodes = start(config_path, world=cfg.parallel.n_ranks, log_dir=run_dir, launcher=launcher)
+        launched, cause = nodes.ranks, nodes.cause
+    else:
+        launched = launch(
+            engine_command(config_path),
+            nproc=cfg.parallel.n_ranks,
+            log_dir=run_dir,
+            timeout_s=launcher.timeout_s,
+        )
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     verdict = classify(launched, result)
+    if cause is not None and verdict.reason == "crash":
+        verdict = cause
     reason, detail = verdict.reason, verdict.detail
-    if reason == "timeout":
+    if reason == "timeout" and launched.timed_out:  # not a limit the cluster enforced
         detail = f"no result within launcher.timeout_s={launcher.timeout_s:g}s"
     if reason is None and -signal.SIGABRT in launched.returncodes:
         log.warning(

@@ -63,6 +63,18 @@ class LauncherConfig:
     # per rank, beyond the tensors the memory model counts: the runtime (CPU), the CUDA
     # context and allocator slack (GPU)
     mem_reserve_gib: float = 0.5
+    # which launcher starts a trial's ranks (the `launcher` group): local | torchrun | slurm
+    name: str = "local"
+    nnodes: int = 1  # nodes one trial spans (torchrun, slurm)
+    nproc_per_node: int = 0  # ranks per node; 0 = the layout's ranks / nnodes
+    # torchrun: HOST:PORT of the c10d rendezvous, on the sweep's node; "" = 127.0.0.1, free port
+    rdzv_endpoint: str = ""
+    # torchrun: the command that starts an agent on node 1, 2, ... ("{host}": hosts[i-1],
+    # "{node}": i), e.g. "ssh {host}"; the agent's command follows it. "" = on this machine
+    node_command: str = ""
+    hosts: list[str] = field(default_factory=list)  # torchrun: the other nodes, for "{host}"
+    # slurm: more srun options for each trial's step, e.g. [--partition=gpu, --gpus-per-node=8]
+    srun_args: list[str] = field(default_factory=list)
 
 
 @dataclass
