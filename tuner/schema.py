@@ -45,6 +45,9 @@ class SweepConfig:
     seed: int = 0  # sampler seed
     # resume (or share) the study on a machine other than the one it was measured on
     allow_other_machine: bool = False
+    # seconds between a running trial's heartbeats (RDB storages; 0 = none): a trial silent for
+    # 3 beats lost its worker, and is failed and queued again by the other workers
+    heartbeat_s: int = 30
 
 
 @dataclass
@@ -57,6 +60,16 @@ class LauncherConfig:
     # per rank, beyond the tensors the memory model counts: the runtime (CPU), the CUDA
     # context and allocator slack (GPU)
     mem_reserve_gib: float = 0.5
+    # cores this worker's trials run on, e.g. "0-3" or "0,2" ("" = every core it may use);
+    # threads per rank follow from their count
+    cpus: str = ""
+    # let this worker run beside another on this machine that uses the same cores (their
+    # measurements disturb each other; the report flags trials started on a busy machine)
+    share_cpus: bool = False
+    # GPUs this worker's trials use, as CUDA_VISIBLE_DEVICES numbers them ("" = all)
+    devices: str = ""
+    # where workers on one machine claim cores and GPUs ("" = sweep.out_dir/.locks)
+    lock_dir: str = ""
 
 
 @dataclass

@@ -19,6 +19,7 @@ import plotly.offline
 from tuner.outputs import OutputError, atomic_write_text, describe
 from tuner.report import data, figures, measurements
 from tuner.report.best import best_section
+from tuner.report.frame import busy_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -111,6 +112,19 @@ def _machines(study: optuna.Study, df: pd.DataFrame) -> str:
     )
 
 
+def _busy(df: pd.DataFrame) -> str:
+    flagged = busy_trials(df)
+    if not flagged:
+        return ""
+    return (
+        f"<p><strong>{len(flagged)} trial(s) started on a busy machine</strong> (1-minute load "
+        "above its cores; columns load_1min and busy): "
+        + ", ".join(f"#{n}" for n in flagged)
+        + ". Other work shared the cores, so their figures may read low; measure them again "
+        "on a quiet machine, or give each worker its own cores (launcher.cpus).</p>"
+    )
+
+
 def _title(summary: data.SweepSummary) -> str:
     counts = ", ".join(f"{n} {html.escape(s)}" for s, n in summary.state_counts.items()) or "none"
     objectives = ", ".join(
@@ -166,6 +180,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
     body = [
         _title(summary),
         _machines(study, df),
+        _busy(df),
         best_section(study, df, summary),
         _comm_section(study, summary),
         "<h2>Throughput vs memory</h2>",
