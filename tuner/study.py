@@ -170,8 +170,9 @@ def _check_machine(cfg: Loaded, study: optuna.Study, machine: Machine) -> None:
     machines = dict(study.user_attrs.get(MACHINES_ATTR) or {})
     if machine.id in machines:
         return
-    if not machines:  # a worker started at the same moment created the study, and is still
-        study.set_user_attr(MACHINES_ATTR, {machine.id: _machine_record(machine)})  # writing it
+    if not machines and not study.get_trials(deepcopy=False):
+        # a worker started at the same moment created the study, and is still describing it
+        study.set_user_attr(MACHINES_ATTR, {machine.id: _machine_record(machine)})
         return
     if not cfg.sweep.allow_other_machine:
         first_id, first = next(iter(machines.items()), ("?", {}))

@@ -4,14 +4,18 @@ configuration by the lowest-numbered trial."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import REPO
+from tests.postgres import postgres_url  # noqa: F401 (a fixture)
 from tuner import heartbeat
 from tuner.outputs import open_storage
 from tuner.recovery import REQUEUE_OF, recover_interrupted
@@ -19,11 +23,17 @@ from tuner.study import LAYOUT_ATTR, WORKER_ATTR, worker_id
 from tuner.workers import claim_holder
 
 
-def _study(tmp_path, *, heartbeat_s: int = 0) -> optuna.Study:
+def _study(tmp_path, *, heartbeat_s: int = 0, url: str = "") -> optuna.Study:
     storage = open_storage(
-        "", default=tmp_path / "study.db", out_key="sweep.out_dir", heartbeat_s=heartbeat_s
+        url, default=tmp_path / "study.db", out_key="sweep.out_dir", heartbeat_s=heartbeat_s
     )
     return optuna.create_study(storage=storage, study_name="s")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request) -> str:
+    """The default sqlite file, and a real PostgreSQL server."""
+    return "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
 
 
 def _running(study: optuna.Study, *, worker: str, key: str) -> optuna.Trial:
@@ -33,8 +43,8 @@ def _running(study: optuna.Study, *, worker: str, key: str) -> optuna.Trial:
     return trial
 
 
-def test_a_trial_whose_heartbeat_expired_is_failed_once_and_queued_again(tmp_path):
-    study = _study(tmp_path, heartbeat_s=1)
+def test_a_trial_whose_heartbeat_expired_is_failed_once_and_queued_again(tmp_path, storage_url):
+    study = _study(tmp_path, heartbeat_s=1, url=storage_url)
     silent = _running(study, worker="elsewhere:1", key="k1")
     heartbeat._heartbeat_storage(study).record_heartbeat(silent._trial_id)  # then it stops
     alive = _running(study, worker="elsewhere:2", key="k2")
@@ -82,3 +92,20 @@ def test_a_claim_waits_for_a_lower_trial_to_publish_its_configuration(tmp_path):
         assert claim_holder(study, "k", second.number).number == first.number
     finally:
         timer.join()
+
+
+def test_a_missing_postgresql_driver_names_the_extra(tmp_path):
+    # the driver made unimportable, as on a machine without the extra
+    blocked = "import sys; sys.modules['psycopg'] = None; import tuner.__main__"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    url = "sweep.storage=postgresql+psycopg://u@127.0.0.1:1/x"
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, "sweep", "model=tiny", url],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "'psycopg' is not installed" in done.stderr and "'.[postgres]'" in done.stderr
