@@ -59,14 +59,17 @@ def beating(study: optuna.Study, trial_id: int) -> Iterator[None]:
     interval = storage.get_heartbeat_interval()
     stop = threading.Event()
 
+    def record() -> None:
+        try:
+            storage.record_heartbeat(trial_id)
+        except Exception as err:  # a lost connection: the next beat may get through
+            log.warning("heartbeat of trial id %d not recorded: %s", trial_id, err)
+
     def beat() -> None:
         while not stop.wait(interval):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as err:  # a lost connection: the next beat may get through
-                log.warning("heartbeat of trial id %d not recorded: %s", trial_id, err)
+            record()
 
-    storage.record_heartbeat(trial_id)  # before the first check of another worker can run
+    record()  # at once: a trial without any heartbeat is never found stale
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
     try:

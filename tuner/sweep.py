@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
@@ -211,8 +212,11 @@ def _sweep(
             )
             break
         trial = heartbeat.ask(study, space.distributions)
-        with heartbeat.beating(study, trial._trial_id):
-            status = _take(cfg, study, trial, machine.id, out)
+        try:
+            with heartbeat.beating(study, trial._trial_id):
+                status = _take(cfg, study, trial, machine.id, out)
+        except UpdateFinishedTrialError:  # its heartbeats did not reach the storage in time
+            status = "ended by another worker, which found it stale; queued again"
         if status is None:  # another worker took the last trial of the budget
             break
         repeats = repeats + 1 if status.startswith(UNPRODUCTIVE) else 0
