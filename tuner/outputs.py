@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ _DRIVER_PACKAGES = {
     "MySQLdb": "mysqlclient",
     "pymysql": "PyMySQL",
 }
+_SCHEMA_ATTEMPTS = 5  # opening a new database while other workers create its schema
 # PostgreSQL through psycopg 3 is the project's `postgres` extra
 _POSTGRES_HINT = {
     "psycopg": " (the project's extra: `pip install -e '.[postgres]'`)",
@@ -198,14 +200,31 @@ def check_rdb_url(url: str) -> None:
     _rdb(url, shown=shown, open_=lambda: sqlalchemy.create_engine(url).dispose())
 
 
+def _rdb_storage(url: str, **beats: int) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage. Workers started together each create the schema of a new
+    database; all but one then collide on it (a duplicate table or version row), and find it
+    made when they try again."""
+    for attempt in range(_SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is experimental in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **beats)
+        except sqlalchemy.exc.DBAPIError as err:
+            collided = isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in str(
+                err.orig
+            )
+            if not collided or attempt + 1 == _SCHEMA_ATTEMPTS:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _rdb(url: str, *, shown: str, open_: Callable[[], Any] | None = None, **beats: int) -> Any:
     """Open the RDB storage at ``url`` (or run ``open_``), each failure one line."""
     try:
         if open_:
             return open_()
-        with warnings.catch_warnings():  # heartbeat_interval is experimental in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **beats)
+        return _rdb_storage(url, **beats)
     except sqlalchemy.exc.NoSuchModuleError:
         scheme = url.split(":", 1)[0]
         raise OutputError(f"{shown}: unknown scheme {scheme!r}; valid: {STORAGE_FORMS}.") from None
