@@ -27,6 +27,11 @@ _NAME = Rule(
     what="a plain folder name: 1 to 100 letters, digits or '._+-', not starting with '.'",
 )
 _PATH = Rule("str", pattern=r".+", what="a non-empty path without control characters")
+_IDS = Rule(
+    "str",
+    pattern=r"(\d+(-\d+)?(,\d+(-\d+)?)*)?",
+    what='numbers and ranges like "0-3" or "0,2,4-5" ("" = all)',
+)
 # Every field of the tuner's own sections (a test checks none is missing).
 TUNER_RULES: dict[str, Rule] = {
     "sweep.name": _NAME,
@@ -38,10 +43,15 @@ TUNER_RULES: dict[str, Rule] = {
     "sweep.seed_from_plan": Rule("int", 0, 10**6),
     "sweep.confirm_top": Rule("int", 0, 100),
     "sweep.confirm_rounds": Rule("int", 1, 100),
+    "sweep.heartbeat_s": Rule("int", 0, 86400),
     "launcher.timeout_s": Rule("float", 0, 10**7, low_open=True),
     "launcher.max_ranks": Rule("int", 1, 2**20),
     "launcher.mem_limit_gib": Rule("float", 0, 2**30),
     "launcher.mem_reserve_gib": Rule("float", 0, 2**30),
+    "launcher.cpus": _IDS,
+    "launcher.share_cpus": Rule("bool"),
+    "launcher.devices": _IDS,
+    "launcher.lock_dir": Rule("str"),
     "run.out": Rule("str"),
     "export.out": _PATH,
     "plan.world_size": Rule("int", 0, 2**24),

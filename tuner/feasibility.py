@@ -44,7 +44,7 @@ def machine_memory_bytes() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def _uses_cuda(cfg: RunConfig) -> bool:
+def uses_cuda(cfg: RunConfig) -> bool:
     if cfg.device == "cpu":
         return False
     import torch
@@ -53,7 +53,7 @@ def _uses_cuda(cfg: RunConfig) -> bool:
 
 
 def capacity(cfg: RunConfig, *, mem_limit_gib: float) -> Capacity:
-    if _uses_cuda(cfg):
+    if uses_cuda(cfg):
         import torch
 
         total = torch.cuda.get_device_properties(0).total_memory
@@ -66,7 +66,7 @@ def capacity(cfg: RunConfig, *, mem_limit_gib: float) -> Capacity:
 
 def predicted_need(cfg: RunConfig, *, reserve_gib: float, margin: float = 1.0) -> float:
     """Bytes the busiest rank needs: its predicted peak (times ``margin``) and the reserve."""
-    device = "cuda" if _uses_cuda(cfg) else "cpu"
+    device = "cuda" if uses_cuda(cfg) else "cpu"
     peak = max(p.total for p in predict_all(cfg, device))
     return margin * peak + reserve_gib * GIB
 

@@ -25,10 +25,10 @@ from engine.config import ConfigError, RunConfig
 from tuner.perf.cluster import Cluster
 from tuner.perf.features import FEATURES, features
 from tuner.perf.model import Coefficients, fit
+from tuner.study import LAYOUT_ATTR, stored_result
 
 log = logging.getLogger(__name__)
 
-LAYOUT_ATTR = "layout_key"  # as tuner.sweep records it on every trial
 # measured trials before the fit replaces the prior: fewer leave most coefficients unexercised
 MIN_FIT_TRIALS = 4
 
@@ -79,8 +79,6 @@ def candidates(
 
 def _measured(study: optuna.Study) -> list[tuple[RunConfig, float, float]]:
     """(config, step seconds, tokens/s) of every completed, measured trial."""
-    from tuner.study import stored_result
-
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         r = stored_result(t)

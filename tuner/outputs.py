@@ -15,6 +15,8 @@ import os
 import re
 import secrets
 import shutil
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from sqlalchemy.engine import make_url
 from engine import fileio
 from engine.config import ConfigError
 from engine.units import KIB
+from tuner import heartbeat
 
 # errors that mean "this location takes no more bytes", not "this run is broken"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -37,14 +40,20 @@ _NO_SPACE_LINE = re.compile(r"\[Errno (28|122)\]|No space left on device|Disk qu
 _NEARLY_FULL_BYTES = 64 * KIB
 # Python module a database driver imports -> the package that provides it
 _DRIVER_PACKAGES = {
-    "psycopg": "psycopg[binary]",
+    "psycopg": "psycopg[binary]",  # also the project's `postgres` extra
     "psycopg2": "psycopg2-binary",
     "MySQLdb": "mysqlclient",
     "pymysql": "PyMySQL",
 }
+_SCHEMA_ATTEMPTS = 5  # opening a new database while other workers create its schema
+# PostgreSQL through psycopg 3 is the project's `postgres` extra
+_POSTGRES_HINT = {
+    "psycopg": " (the project's extra: `pip install -e '.[postgres]'`)",
+    "psycopg2": ", or write postgresql+psycopg:// and `pip install -e '.[postgres]'`",
+}
 STORAGE_FORMS = (
     "'' (sqlite file in the sweep folder), journal:PATH, sqlite:///PATH, "
-    "postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB"
+    "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB, mysql+pymysql://USER@HOST/DB"
 )
 
 
@@ -146,12 +155,18 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise OutputError(f"cannot write {describe(err)}") from None
 
 
-def open_storage(url: str, *, default: Path, out_key: str) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str, *, default: Path, out_key: str, heartbeat_s: int = 0
+) -> optuna.storages.BaseStorage:
     """Open ``sweep.storage`` (see :data:`STORAGE_FORMS`); ``default`` is the sqlite file used
-    for "" (in the folder named by ``out_key``). Any problem is an :class:`OutputError`."""
+    for "" (in the folder named by ``out_key``). An RDB storage records running trials'
+    heartbeats every ``heartbeat_s`` (0: none). Any problem is an :class:`OutputError`."""
+    beats = {}
+    if heartbeat_s:
+        beats = {"heartbeat_interval": heartbeat_s, "grace_period": heartbeat.grace_s(heartbeat_s)}
     if not url:
         check_dir(default.parent, key=out_key)
-        return _rdb(f"sqlite:///{default.resolve()}", shown=f"{out_key} (study.db)")
+        return _rdb(f"sqlite:///{default.resolve()}", shown=f"{out_key} (study.db)", **beats)
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         check_dir(path.parent, key="sweep.storage", value=url)
@@ -170,7 +185,7 @@ def open_storage(url: str, *, default: Path, out_key: str) -> optuna.storages.Ba
     shown = f"sweep.storage={parsed.render_as_string(hide_password=True)}"
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         check_dir(Path(parsed.database).parent, key="sweep.storage", value=url, create=False)
-    return _rdb(url, shown=shown)
+    return _rdb(url, shown=shown, **beats)
 
 
 def check_rdb_url(url: str) -> None:
@@ -185,10 +200,31 @@ def check_rdb_url(url: str) -> None:
     _rdb(url, shown=shown, open_=lambda: sqlalchemy.create_engine(url).dispose())
 
 
-def _rdb(url: str, *, shown: str, open_: Callable[[], Any] | None = None) -> Any:
+def _rdb_storage(url: str, **beats: int) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage. Workers started together each create the schema of a new
+    database; all but one then collide on it (a duplicate table or version row), and find it
+    made when they try again."""
+    for attempt in range(_SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is experimental in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **beats)
+        except sqlalchemy.exc.DBAPIError as err:
+            collided = isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in str(
+                err.orig
+            )
+            if not collided or attempt + 1 == _SCHEMA_ATTEMPTS:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _rdb(url: str, *, shown: str, open_: Callable[[], Any] | None = None, **beats: int) -> Any:
     """Open the RDB storage at ``url`` (or run ``open_``), each failure one line."""
     try:
-        return open_() if open_ else optuna.storages.RDBStorage(url)
+        if open_:
+            return open_()
+        return _rdb_storage(url, **beats)
     except sqlalchemy.exc.NoSuchModuleError:
         scheme = url.split(":", 1)[0]
         raise OutputError(f"{shown}: unknown scheme {scheme!r}; valid: {STORAGE_FORMS}.") from None
@@ -198,7 +234,7 @@ def _rdb(url: str, *, shown: str, open_: Callable[[], Any] | None = None) -> Any
         package = _DRIVER_PACKAGES.get(module, module)
         raise OutputError(
             f"{shown}: the database driver {module!r} is not installed; "
-            f"install it with `pip install '{package}'`."
+            f"install it with `pip install '{package}'`{_POSTGRES_HINT.get(module, '')}."
         ) from None
     except sqlalchemy.exc.DBAPIError as err:
         why = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)

@@ -51,6 +51,9 @@ class SweepConfig:
     # many; 0 or 1 = off), in this many interleaved rounds (tuner/confirm.py)
     confirm_top: int = 0
     confirm_rounds: int = 3
+    # seconds between a running trial's heartbeats (RDB storages; 0 = none): a trial silent for
+    # 3 beats lost its worker, and is failed and queued again by the other workers
+    heartbeat_s: int = 30
 
 
 @dataclass
@@ -75,6 +78,16 @@ class LauncherConfig:
     hosts: list[str] = field(default_factory=list)  # torchrun: the other nodes, for "{host}"
     # slurm: more srun options for each trial's step, e.g. [--partition=gpu, --gpus-per-node=8]
     srun_args: list[str] = field(default_factory=list)
+    # cores this worker's trials run on, e.g. "0-3" or "0,2" ("" = every core it may use);
+    # threads per rank follow from their count
+    cpus: str = ""
+    # let this worker run beside another on this machine that uses the same cores (their
+    # measurements disturb each other; the report flags trials started on a busy machine)
+    share_cpus: bool = False
+    # GPUs this worker's trials use, as CUDA_VISIBLE_DEVICES numbers them ("" = all)
+    devices: str = ""
+    # where workers on one machine claim cores and GPUs ("" = sweep.out_dir/.locks)
+    lock_dir: str = ""
 
 
 @dataclass

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from optuna.distributions import BaseDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from engine.config import ConfigError
 from engine.result_schema import from_columns
@@ -34,6 +34,7 @@ from tuner.resume import SweepIdentity, check_resumable
 log = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running a trial
+LAYOUT_ATTR = "layout_key"  # the configuration a trial runs, normalised (space.layout_key)
 MACHINE_ATTR = "machine"  # on each trial: the id of the machine that measured it
 MACHINES_ATTR = "machines"  # on the study: id -> the machine's record, first one first
 # on each trial that produced a result: the run's result JSON, whole, in one storage write
@@ -45,13 +46,18 @@ def sweep_dir(cfg: Loaded) -> Path:
     return Path(cfg.sweep.out_dir) / cfg.sweep.name
 
 
-def storage_for(cfg: Loaded) -> optuna.storages.BaseStorage:
-    """``sweep.storage``: "" (sqlite file in the sweep folder), an RDB URL, or journal:PATH.
+def storage_for(cfg: Loaded, *, heartbeat: bool = False) -> optuna.storages.BaseStorage:
+    """``sweep.storage``: "" (sqlite file in the sweep folder), an RDB URL, or journal:PATH;
+    ``heartbeat``: a sweep's storage, whose running trials beat every ``sweep.heartbeat_s``
+    (RDB storages only; tuner.heartbeat).
 
     The storage is opened here, before any trial: an unreachable, read-only or unknown target
     is an :class:`~tuner.outputs.OutputError` (one line, exit status 2)."""
     return open_storage(
-        cfg.sweep.storage, default=sweep_dir(cfg) / "study.db", out_key="sweep.out_dir"
+        cfg.sweep.storage,
+        default=sweep_dir(cfg) / "study.db",
+        out_key="sweep.out_dir",
+        heartbeat_s=cfg.sweep.heartbeat_s if heartbeat else 0,
     )
 
 
@@ -104,7 +110,7 @@ def open_study(
     )
     study = optuna.create_study(
         study_name=cfg.sweep.name,
-        storage=storage_for(cfg),
+        storage=storage_for(cfg, heartbeat=True),
         sampler=make_sampler(cfg),
         directions=[OBJECTIVES[o] for o in cfg.sweep.objectives],
         load_if_exists=True,
@@ -164,6 +170,10 @@ def _check_machine(cfg: Loaded, study: optuna.Study, machine: Machine) -> None:
     machines = dict(study.user_attrs.get(MACHINES_ATTR) or {})
     if machine.id in machines:
         return
+    if not machines and not study.get_trials(deepcopy=False):
+        # a worker started at the same moment created the study, and is still describing it
+        study.set_user_attr(MACHINES_ATTR, {machine.id: _machine_record(machine)})
+        return
     if not cfg.sweep.allow_other_machine:
         first_id, first = next(iter(machines.items()), ("?", {}))
         diffs = ", ".join(machine.differences(first)) or "unrecorded machine"
@@ -195,25 +205,6 @@ def worker_alive(worker: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def recover_interrupted(study: optuna.Study) -> list[FrozenTrial]:
-    """Fail trials whose worker on this host has died, and queue their configurations again."""
-    recovered = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get(WORKER_ATTR, "")
-        if worker and worker_alive(worker):
-            continue
-        handle = optuna.trial.Trial(study, trial._trial_id)
-        handle.set_user_attr("fail_reason", "interrupted")
-        handle.set_user_attr(
-            "fail_detail", f"worker {worker or '?'} stopped before the trial ended"
-        )
-        tell(study, trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
-        recovered.append(trial)
-        log.warning("trial %d was interrupted; its configuration is queued again", trial.number)
-    return recovered
 
 
 def tell(study: optuna.Study, trial: optuna.Trial | int, values=None, state=None) -> None:

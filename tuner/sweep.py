@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import NoReturn
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
-from tuner import guided_sweep, workers
+from tuner import guided_sweep, heartbeat, placement, workers
 from tuner import space as space_mod
 from tuner.config import Loaded, replace_keys
 from tuner.confirm import confirm
-from tuner.feasibility import MARGIN_ATTR, Infeasible, after_oom, runnable
+from tuner.feasibility import MARGIN_ATTR, Infeasible, after_oom, runnable, uses_cuda
 from tuner.launch import TrialOutcome, run_trial
 from tuner.outputs import (
     OutputError,
@@ -29,13 +30,14 @@ from tuner.outputs import (
     remove_partial,
 )
 from tuner.progress import Progress, final_lines, header
+from tuner.recovery import recover_interrupted, requeue
 from tuner.report import write_report
 from tuner.study import (
+    LAYOUT_ATTR,
     MACHINE_ATTR,
     WORKER_ATTR,
     open_study,
     record_result,
-    recover_interrupted,
     sweep_dir,
     tell,
     worker_id,
@@ -48,7 +50,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 DISK_FULL = "disk_full"  # fail_reason of a trial stopped by a full disk; measured again on resume
 # trials that ended without deciding their configuration: it may be proposed again
 NOT_RUN = ("interrupted", DISK_FULL, "claimed", "surplus")
-LAYOUT_ATTR = "layout_key"  # the configuration a trial runs, normalised (space.layout_key)
+# progress statuses of trials that measured nothing new
+UNPRODUCTIVE = ("pruned", "claimed", "repeat")
 # a sampler that keeps proposing measured or infeasible layouts has converged, or the space
 # holds few runnable layouts
 MAX_UNPRODUCTIVE_IN_A_ROW = 50
@@ -119,7 +122,7 @@ def _yield_to(study: optuna.Study, trial: optuna.Trial, claim: FrozenTrial) -> s
     measured while the other measures it on the same machine."""
     trial.set_user_attr("duplicate_of", claim.number)
     _drop(study, trial, "claimed", f"trial {claim.number} runs this configuration")
-    return f"claimed by trial {claim.number} (running)"
+    return f"claimed by trial {claim.number} ({claim.state.name.lower()})"
 
 
 def overhead_s(result: dict, wall_s: float) -> float:
@@ -155,8 +158,8 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
             "`checkpoint.resume=true` resumes one run; a sweep resumes by rerunning its command "
             "with the same sweep.name. Remove checkpoint.resume."
         )
+    placement.use_devices(cfg)  # before torch looks at CUDA, here or in the checks below
     space = sweep_space(cfg)
-    searched = list(space.distributions)
     check_objectives(cfg, space)
     guided_sweep.check(cfg)
     check_some_layout_runs(cfg, space)
@@ -164,6 +167,18 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     # before the study and the first trial: a folder that cannot be written fails now, not
     # after an hour of measuring
     check_dir(out, key="sweep.out_dir", value=str(cfg.sweep.out_dir))
+    with placement.worker_cores(cfg) as cpus:  # before the machine is described: it counts them
+        return _sweep(cfg, space, out, cpus, echo)
+
+
+def _sweep(
+    cfg: Loaded,
+    space: space_mod.SearchSpace,
+    out: Path,
+    cpus: list[int],
+    echo: Callable[[str], None],
+) -> Path:
+    searched = list(space.distributions)
     study, machine = open_study(cfg, space.distributions)
     recover_interrupted(study)
     decided = sum(_decided(t) for t in study.get_trials(deepcopy=False))
@@ -176,6 +191,9 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     for setting in space_mod.fixed_by_command_line(cfg.space, cfg.overrides)[1]:
         echo(f"{setting} fixed by the command line; not searched")
     echo(f"measuring on {machine.describe()}")
+    if cfg.launcher.cpus or cfg.launcher.devices:
+        gpus = cfg.launcher.devices or "all"
+        echo(f"trials run on cores {placement.ranges(cpus)}, GPUs {gpus}")
     if index:
         echo(f"worker {index + 1} on this study; sampler seed {seed}")
     done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
@@ -184,6 +202,7 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
     repeats, layouts = 0, space.distinct_layouts(cfg.run)
     should_stop = guided_sweep.prepare(cfg, study, space, echo)
     while _launched(study) < cfg.sweep.n_trials:
+        recover_interrupted(study)  # trials of workers that died meanwhile, here or elsewhere
         why = should_stop(study) if should_stop else None
         if why:
             echo(why)
@@ -199,28 +218,15 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
                 "times in a row; stopping"
             )
             break
-        trial = study.ask(space.distributions)
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        trial.set_user_attr(MACHINE_ATTR, machine.id)
-        key = space_mod.layout_key(cfg.run, trial.params)
-        trial.set_user_attr(LAYOUT_ATTR, key)
-        done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
-        if done + workers.ahead(study, trial.number) >= cfg.sweep.n_trials:
-            # another worker took the last trial of the budget between our check and our ask
-            _drop(study, trial, "surplus", "the budget was reached by other workers' trials")
+        trial = heartbeat.ask(study, space.distributions)
+        try:
+            with heartbeat.beating(study, trial._trial_id):
+                status = _take(cfg, study, trial, machine.id, out)
+        except UpdateFinishedTrialError:  # its heartbeats did not reach the storage in time
+            status = "ended by another worker, which found it stale; queued again"
+        if status is None:  # another worker took the last trial of the budget
             break
-        claim = workers.earlier_claim(study, key, trial.number, LAYOUT_ATTR)
-        if claim is not None:  # another worker runs this configuration now
-            repeats += 1
-            progress.line(study, trial, _yield_to(study, trial, claim))
-            continue
-        earlier = _earlier_same(study, key, trial.number)
-        if earlier is not None:
-            repeats += 1
-            progress.line(study, trial, _reuse(study, trial, earlier))
-            continue
-        status = _run_one(cfg, study, trial, out)
-        repeats = repeats + 1 if status.startswith("pruned") else 0
+        repeats = repeats + 1 if status.startswith(UNPRODUCTIVE) else 0
         progress.line(study, trial, status)
     confirm(cfg, study, out, echo)
     report = write_report(study, out)
@@ -228,6 +234,31 @@ def run_sweep(cfg: Loaded, *, echo: Callable[[str], None] | None = None) -> Path
         echo(line)
     echo(f"report: {report}")
     return report
+
+
+def _take(
+    cfg: Loaded, study: optuna.Study, trial: optuna.Trial, machine_id: str, out: Path
+) -> str | None:
+    """Claim the trial's configuration and measure it, or leave it to the trial that has it;
+    returns the progress line's status (None: over the budget, not run)."""
+    trial.set_user_attr(WORKER_ATTR, worker_id())
+    key = space_mod.layout_key(cfg.run, trial.params)
+    trial.set_user_attr(LAYOUT_ATTR, key)  # first: other workers wait for it (claim_holder)
+    trial.set_user_attr(MACHINE_ATTR, machine_id)
+    done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
+    if done + workers.ahead(study, trial.number) >= cfg.sweep.n_trials:
+        # another worker took the last trial of the budget between our check and our ask
+        _drop(study, trial, "surplus", "the budget was reached by other workers' trials")
+        return None
+    claim = workers.claim_holder(study, key, trial.number)
+    if claim is not None:  # another worker runs this configuration, or will
+        return _yield_to(study, trial, claim)
+    earlier = _earlier_same(study, key, trial.number)
+    if earlier is not None:
+        return _reuse(study, trial, earlier)
+    for name, value in placement.load_at_start().items():
+        trial.set_user_attr(name, value)
+    return _run_one(cfg, study, trial, out)
 
 
 def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -> str:
@@ -245,12 +276,14 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
     if run_cfg.checkpoint.every:  # each trial saves into its own folder: save time is measured
         run_cfg = replace_keys(run_cfg, {"checkpoint.dir": str(trial_dir / "checkpoints")})
     try:
-        outcome = run_trial(run_cfg, trial_dir=trial_dir, launcher=cfg.launcher)
+        gpus = run_cfg.parallel.n_ranks if uses_cuda(run_cfg) else 0
+        with placement.holding_gpus(cfg, gpus, what=f"trial {trial.number}"):
+            outcome = run_trial(run_cfg, trial_dir=trial_dir, launcher=cfg.launcher)
     except KeyboardInterrupt:
         trial.set_user_attr("fail_reason", "interrupted")
         trial.set_user_attr("fail_detail", f"interrupted after {time.monotonic() - t0:.1f}s")
         tell(study, trial, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        requeue(study, trial)
         write_report(study, out)
         raise
     except OSError as err:  # the sweep's own writes into the trial folder
@@ -284,7 +317,7 @@ def _stop_on_full_disk(
     a trial that cannot be recorded stays RUNNING and is recovered on resume."""
     try:
         record()
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        requeue(study, trial)
         note = f"trial {trial.number} is recorded as failed ({DISK_FULL})"
     except Exception as err:
         note = f"trial {trial.number} could not be recorded ({type(err).__name__})"

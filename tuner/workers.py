@@ -7,12 +7,14 @@ start: a lone worker is index 0 and seeds its sampler with ``sweep.seed`` plus t
 trials already decided (a fresh sweep is reproducible; a resume does not propose its first
 configurations again); the others add their index, so no two propose in lockstep.
 
-A configuration belongs to the lowest-numbered trial that runs it: a worker that finds an
-earlier running or finished trial with the same configuration does not launch its own.
+A configuration belongs to the lowest-numbered trial that runs it (:func:`claim_holder`): a
+worker that finds an earlier queued or running trial with the same configuration does not
+launch its own, nor one whose configuration a finished trial measured.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import optuna
@@ -20,9 +22,15 @@ from hydra.utils import instantiate
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import Loaded
-from tuner.study import WORKER_ATTR, worker_alive, worker_id
+from tuner.study import LAYOUT_ATTR, WORKER_ATTR, worker_alive, worker_id
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "worker:"  # study attribute per worker: its start time
+# a trial publishes its configuration within milliseconds of being asked for; one silent for
+# this long belongs to a stuck worker, and is not waited for
+CLAIM_WAIT_S = 30.0
+CLAIM_POLL_S = 0.05
 
 
 def register(study: optuna.Study) -> int:
@@ -47,13 +55,32 @@ def reseed(study: optuna.Study, cfg: Loaded, *, index: int, decided: int) -> int
     return seed
 
 
-def earlier_claim(study: optuna.Study, key: str, number: int, attr: str) -> FrozenTrial | None:
-    """A lower-numbered trial running the same configuration on a live worker."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        same = t.number < number and t.user_attrs.get(attr) == key
-        if same and worker_alive(t.user_attrs.get(WORKER_ATTR, "")):
-            return t
-    return None
+def claim_holder(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
+    """The trial with the first claim on configuration ``key``, if not trial ``number``: a
+    lower-numbered trial with the same configuration, queued or running on a live worker.
+
+    The storage hands out trial numbers one at a time, so every lower-numbered trial exists
+    already; one just asked for by another worker may not have published its configuration
+    yet (it does so right after asking), and is waited for. So of two workers that propose
+    the same configuration at once, exactly one measures it: the lower-numbered trial's.
+    """
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        unpublished = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+            worker = t.user_attrs.get(WORKER_ATTR)
+            if t.number >= number or (worker and not worker_alive(worker)):
+                continue
+            if t.user_attrs.get(LAYOUT_ATTR) == key:
+                return t
+            if t.state == TrialState.RUNNING and LAYOUT_ATTR not in t.user_attrs:
+                unpublished.append(t.number)
+        if not unpublished:
+            return None
+        if time.monotonic() > deadline:
+            log.warning("trials %s published no configuration in %gs", unpublished, CLAIM_WAIT_S)
+            return None
+        time.sleep(CLAIM_POLL_S)
 
 
 def ahead(study: optuna.Study, number: int) -> int:

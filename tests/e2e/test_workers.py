@@ -15,6 +15,7 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a core per worker")
 def test_two_workers_share_a_sweep_without_measuring_anything_twice(tmp_path):
     args = [
         sys.executable,
@@ -29,9 +30,15 @@ def test_two_workers_share_a_sweep_without_measuring_anything_twice(tmp_path):
         "sampler=random",
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    workers = [
-        subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
+    workers = [  # each on its own core: on shared cores the second would refuse to start
+        subprocess.Popen(
+            [*args, f"launcher.cpus={cpu}"],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for cpu in sorted(os.sched_getaffinity(0))[:2]
     ]
     errors = [w.communicate(timeout=600)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors

@@ -12,10 +12,10 @@ from engine.validate import validate
 from tests.helpers import REPO, tiny_config
 from tuner import space as space_mod
 from tuner.config import replace_keys
-from tuner.guided import LAYOUT_ATTR, ModelSampler, candidates, require_throughput_first
+from tuner.guided import ModelSampler, candidates, require_throughput_first
 from tuner.perf import cluster as clusters
 from tuner.perf.model import GPU_PRIOR, Coefficients, predict
-from tuner.study import RESULT_ATTR
+from tuner.study import LAYOUT_ATTR, RESULT_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CLUSTER = clusters.load("h100-sxm")

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from engine import result_schema
 from tuner.layout_name import trial_names
+from tuner.placement import CORES_ATTR, LOAD_ATTR, busy
 from tuner.study import WORKER_ATTR, stored_result, worker_alive
 
 if TYPE_CHECKING:
@@ -40,10 +41,11 @@ LEAD_COLUMNS: tuple[str, ...] = (
     "duplicate_of",
     "layout",
 )
-#: What the figures mean for this trial: the machine that measured it, then the schema's note
+#: What the figures mean for this trial: the machine that measured it, its load when the trial
+#: started and whether that was above its cores (tuner.placement), then the schema's note
 #: columns (what the memory prediction was compared with, whether the timed steps ran under
 #: the profiler, and why a blank figure is blank).
-NOTE_COLUMNS: tuple[str, ...] = ("machine", *(c.name for c in _NOTES))
+NOTE_COLUMNS: tuple[str, ...] = ("machine", LOAD_ATTR, "busy", *(c.name for c in _NOTES))
 TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "overhead_s", "log_dir")
 #: A RUNNING trial whose worker on this host has died: shown, not changed (reporting is
 #: read-only; the next sweep run with the same sweep.name fails and requeues it).
@@ -139,6 +141,12 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for col in _METRICS:
         columns[col.name] = _column([col.read(r) for r in results], numeric=True, name=col.name)
     columns["machine"] = _column(attr("machine"), numeric=False)
+    columns[LOAD_ATTR] = _column(attr(LOAD_ATTR), numeric=True).astype("float64")
+    busy_at_start = [
+        None if load is None else busy(load, cores)
+        for load, cores in zip(attr(LOAD_ATTR), attr(CORES_ATTR))
+    ]
+    columns["busy"] = pd.Series(busy_at_start, dtype="boolean")
     for col in _NOTES:
         columns[col.name] = _note(col, [col.read(r) for r in results])
     columns["duration_s"] = _column(attr("duration_s"), numeric=True).astype("float64")
@@ -159,3 +167,10 @@ def param_columns(df: pd.DataFrame) -> list[str]:
     """The searched-parameter columns of a :func:`trials_frame` (everything not fixed)."""
     fixed = set(LEAD_COLUMNS) | set(METRIC_COLUMNS) | set(NOTE_COLUMNS) | set(TAIL_COLUMNS)
     return [c for c in df.columns if c not in fixed]
+
+
+def busy_trials(df: pd.DataFrame) -> list[int]:
+    """Numbers of the completed trials that started on a busy machine (load above cores):
+    other work shared its cores, and its figures may read low."""
+    flagged = df[(df["state"] == "COMPLETE") & df["busy"].fillna(False).astype(bool)]
+    return [int(n) for n in flagged["number"]]

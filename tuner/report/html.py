@@ -21,6 +21,7 @@ from tuner.report import data, figures, measurements, sections
 from tuner.report.best import best_section
 from tuner.report.export_best import write_best
 from tuner.report.figures import figure_html
+from tuner.report.frame import busy_trials
 from tuner.report.leaderboard import leaderboard
 
 if TYPE_CHECKING:
@@ -114,6 +115,19 @@ def _machines(study: optuna.Study, df: pd.DataFrame) -> str:
     )
 
 
+def _busy(df: pd.DataFrame) -> str:
+    flagged = busy_trials(df)
+    if not flagged:
+        return ""
+    return (
+        f"<p><strong>{len(flagged)} trial(s) started on a busy machine</strong> (1-minute load "
+        "above its cores; columns load_1min and busy): "
+        + ", ".join(f"#{n}" for n in flagged)
+        + ". Other work shared the cores, so their figures may read low; measure them again "
+        "on a quiet machine, or give each worker its own cores (launcher.cpus).</p>"
+    )
+
+
 def _title(summary: data.SweepSummary) -> str:
     counts = ", ".join(f"{n} {html.escape(s)}" for s, n in summary.state_counts.items()) or "none"
     objectives = ", ".join(
@@ -172,6 +186,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         _title(summary),
         _machines(study, df),
         sections.leaderboard_section(board),
+        _busy(df),
         best_section(study, df, summary),
         sections.knobs_section(study, df, summary),
         _comm_section(study, df, summary),
