@@ -106,21 +106,7 @@ def _describe(cfg: RunConfig) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "world_size",
-    [
-        2,
-        pytest.param(
-            4,
-            marks=pytest.mark.skip(
-                reason="open: 4 of 58 layouts at world size 4 lie outside +-15% (tp2 with the "
-                "zero-bubble V schedule low; ZeRO-3 and ZeRO-2 interleaved runs move by up to "
-                "2 MB between runs and ranks with how many gloo gathers and reduce-scatters "
-                "are in flight), and the run takes ~7 minutes here"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("world_size", [2, 4])
 def test_memory_prediction_within_tolerance_on_every_layout(tmp_path, world_size):
     cfgs = _space_layouts(world_size)
     assert len(cfgs) >= (6 if world_size == 2 else 30)  # the space was really enumerated
