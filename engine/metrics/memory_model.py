@@ -201,12 +201,16 @@ def _backward_peak(
                 units -= stage_layers
                 sent += 0 if first else 1
             done += stage_psi
-    if split:
+    if split and p.tp > 1:
         # weight passes wait for bubbles: the micro-batches run in rounds of pp, and each
         # round leaves one micro-batch per layer of the rank whose input pass is done and whose
         # weight pass is not, up to pp of them, after which the steady state runs a weight
-        # pass per forward (measured on the V schedule at world sizes 2 and 4; ZB-V keeps
-        # 1F1B's activation bound, Qi et al. 2023)
+        # pass per forward (ZB-V keeps 1F1B's activation bound, Qi et al. 2023). Without
+        # tensor parallelism the in-flight bound above (2pp micro-batches' activations, more
+        # than the V schedule keeps) already covers the stash: counted again, the V and
+        # DualPipeV schedules came out 30% high; tensor parallelism divides the activations
+        # that bound over-counts, but not the stash's whole-width gradients (measured on the
+        # V schedule at world sizes 2 and 4)
         waiting = min(-(-n_micro // p.pp), p.pp)
         stash = waiting * layers * weight_pass_stash_bytes(cfg, tokens)
         cores = [replace(x, activations=x.activations + stash) for x in cores]
