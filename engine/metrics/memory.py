@@ -9,6 +9,8 @@ CPU a second figure counts tensors only, to compare with the analytic prediction
 ``tensor_peak_bytes`` = the storages alive at the start of the profiled steps (every tensor
 reachable from Python, plus DDP's gradient buckets, which live in C++) + the highest running
 sum of the allocations and frees that the profiler's memory events record during those steps.
+Both are made independent of timing: garbage is collected before the live storages are counted,
+and the frees the profiler misses on gloo's worker threads are put back (``window_peak_bytes``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def live_tensor_bytes(modules: Iterable[nn.Module]) -> int:
     """Bytes of every distinct CPU storage reachable from Python objects (parameters, buffers,
     optimizer state, ...), plus the gradient buckets of DDP modules among ``modules``."""
     seen: dict[int, int] = {}
+    # tensors in unreachable reference cycles are still listed until the collector runs, and
+    # when it runs is up to the allocation counts: collect first, so that only live ones count
+    gc.collect()
     with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
         warnings.simplefilter("ignore", FutureWarning)
         tensors = [obj for obj in gc.get_objects() if _is_tensor(obj)]
@@ -102,18 +107,54 @@ def _ddp_bucket_bytes(module: nn.Module) -> int:
 
 def window_peak_bytes(prof: Any) -> int | None:
     """Highest running sum of CPU allocations minus frees in a profiler run made with
-    ``profile_memory=True`` (None if its memory events cannot be read)."""
+    ``profile_memory=True`` (None if its memory events cannot be read).
+
+    The profiler records a free only on a thread it profiles. A collective hands its tensors
+    to a work object, and the last reference to that object may be dropped on gloo's worker
+    thread: the free of a copy the collective made (gloo's reduce-scatter clones its input),
+    or of a functional collective's output already consumed, is then never recorded, and the
+    storage would count as alive for as long as the thread scheduler happened to delay it. A
+    missed free shows when the address is handed out again: the storage was free by then. An
+    allocation made inside a ``c10d::`` call and never seen freed is freed when the call
+    returns (a synchronous call's caller waits for the collective there and allocates nothing
+    meanwhile)."""
     try:
-        events = prof.profiler.kineto_results.events()
+        roots = prof.profiler.kineto_results.experimental_event_tree()
     except AttributeError:
         return None
-    deltas = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in events
-        if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
-    )
+    events = sorted(_memory_events(roots), key=lambda e: e[0])
     running = peak = 0
-    for _, nbytes in deltas:
+    for _, nbytes in events:
         running += nbytes
         peak = max(peak, running)
     return peak
+
+
+def _memory_events(roots: list[Any]) -> list[tuple[int, int]]:
+    """(time ns, bytes) of every CPU allocation (+) and free (-), with the frees the
+    profiler missed put back (see window_peak_bytes)."""
+    allocs: list[tuple[int, int, int, int | None]] = []  # time, bytes, address, call's end
+    stack = [(root, None) for root in roots]
+    while stack:
+        node, call_end = stack.pop()
+        if node.tag.name == "Allocation":
+            fields = node.extra_fields
+            if fields.device.type == "cpu" and fields.alloc_size:
+                allocs.append((node.start_time_ns, fields.alloc_size, fields.ptr, call_end))
+            continue
+        if node.name.startswith("c10d::"):
+            call_end = node.end_time_ns
+        stack.extend((child, call_end) for child in node.children)
+    allocs.sort(key=lambda a: a[0])
+    events = [(t, n) for t, n, _, _ in allocs]
+    open_: dict[int, tuple[int, int | None]] = {}  # address -> (bytes, end of its c10d call)
+    for t, n, ptr, call_end in allocs:
+        if n < 0:
+            open_.pop(ptr, None)
+            continue
+        missed = open_.pop(ptr, None)
+        if missed is not None:  # the address is handed out again: its free was missed
+            events.append((min(missed[1] or t - 1, t - 1), -missed[0]))
+        open_[ptr] = (n, call_end)
+    events += [(end, -n) for n, end in open_.values() if end is not None]
+    return events

@@ -27,7 +27,10 @@ gradients of their inputs accumulate too. In 1F1B's steady state the deepest set
 micro-batches meets the gradients of earlier ones; where every micro-batch is forwarded before
 the first backward, the backwards walk the rank's stages (later stage first) micro-batch by
 micro-batch, each moment holding what is not yet consumed and the gradients of the stages
-begun.
+begun. Data parallelism under a pipeline schedule reduces a stage's gradients once all its
+backwards are done, not block by block: a finished stage then holds them sharded and has freed
+its gathered parameters. A split backward (zero-bubble schedules) keeps, between a layer's
+input pass and its deferred weight pass, the gradients at its weight-bearing ops' outputs.
 
 The moments that compete for the peak: each backward's start at the loss head (activations,
 loss head, gradients so far), the same moment after the loss head when a ZeRO-3 block gathers
@@ -44,6 +47,7 @@ Embedding and head count with the padded vocabulary (model.vocab_pad_multiple).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 from engine.config import PP_SCHEDULES, RunConfig
@@ -57,6 +61,7 @@ from engine.metrics.memory_terms import (
     loss_head_bytes,
     stage_buffers,
     stream_bytes,
+    weight_pass_stash_bytes,
 )
 from engine.shapes import block_params, stage_params
 from engine.stages import coordinates, local_stage_ids, rank_params, split_layers, stages_per_rank
@@ -129,11 +134,16 @@ def _backward_peak(
     last: bool,
     pp_rank: int,
     gather: int,
+    reduced_bytes: Callable[[int], int],
+    released: Callable[[int], int],
 ) -> MemoryPrediction:
     """The largest backward moment: ``base`` (parameters, buffers, optimizer state) plus the
     gradients and activations alive then. ``stages``: (layers, parameters, is the first) of
     this rank's stages in the order their backwards start (the later stage first). ``gather``: the
-    buffers of a parameter all-gather in flight as a block's backward starts (ZeRO-3)."""
+    buffers of a parameter all-gather in flight as a block's backward starts (ZeRO-3).
+    ``reduced_bytes(n)``, ``released(n)``: the gradient bytes that remain, and the parameter
+    bytes that are freed, once the gradients of a finished stage's ``n`` parameters are
+    reduced."""
     p, t, m = cfg.parallel, cfg.train, cfg.model
     n_micro = t.global_batch // (p.dp * t.micro_batch)
     tokens = t.micro_batch * m.seq_len
@@ -157,12 +167,14 @@ def _backward_peak(
     # its receive buffer's gradient) until the next step starts
     boundary = tokens * m.d_model * stream_bytes(cfg)
 
-    def moment(units: int, grads_of: int, sent: int) -> MemoryPrediction:
-        """``units`` layer-micro-batches in flight; the gradients of ``grads_of`` parameters;
-        ``sent`` input gradients kept."""
-        grads = base.grads + accumulated * grads_of // psi
+    def moment(units: int, grads_of: int, sent: int, reduced: int = 0) -> MemoryPrediction:
+        """``units`` layer-micro-batches in flight; the gradients of ``grads_of`` parameters,
+        ``reduced`` of them already reduced; ``sent`` input gradients kept."""
+        grads = base.grads + accumulated * (grads_of - reduced) // psi
+        grads += reduced_bytes(reduced) if accumulated else 0
         acts = base.activations + units * unit + sent * boundary
-        return replace(base, grads=grads, activations=acts)
+        params = base.params - released(reduced)
+        return replace(base, params=params, grads=grads, activations=acts)
 
     deepest = _in_flight(cfg, n_micro, pp_rank)
     if deepest < n_micro:
@@ -179,13 +191,29 @@ def _backward_peak(
         # when warm-up covers them all; the bound taken for interleaved and V schedules):
         # backwards then walk the stages, later stage first, micro-batch by micro-batch; each
         # holds the activations not yet consumed and the gradients of the stages begun
+        # (a split backward's stages end their weight passes together, at the step's end:
+        # none is reduced before the others)
         cores, units, done, sent = [], n_micro * layers, 0, 0
         for stage_layers, stage_psi, first in stages:
             for k in range(n_micro):
-                cores.append(moment(units, done + (stage_psi if k else 0), sent))
+                reduced = 0 if split else done
+                cores.append(moment(units, done + (stage_psi if k else 0), sent, reduced))
                 units -= stage_layers
                 sent += 0 if first else 1
             done += stage_psi
+    if split and p.tp > 1:
+        # weight passes wait for bubbles: the micro-batches run in rounds of pp, and each
+        # round leaves one micro-batch per layer of the rank whose input pass is done and whose
+        # weight pass is not, up to pp of them, after which the steady state runs a weight
+        # pass per forward (ZB-V keeps 1F1B's activation bound, Qi et al. 2023). Without
+        # tensor parallelism the in-flight bound above (2pp micro-batches' activations, more
+        # than the V schedule keeps) already covers the stash: counted again, the V and
+        # DualPipeV schedules came out 30% high; tensor parallelism divides the activations
+        # that bound over-counts, but not the stash's whole-width gradients (measured on the
+        # V schedule at world sizes 2 and 4)
+        waiting = min(-(-n_micro // p.pp), p.pp)
+        stash = waiting * layers * weight_pass_stash_bytes(cfg, tokens)
+        cores = [replace(x, activations=x.activations + stash) for x in cores]
     # each backward starts at the loss head (its temporaries) or, after them, with the first
     # block's parameter gather in flight
     moments = [replace(x, activations=x.activations + head) for x in cores]
@@ -232,6 +260,11 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         compute_copy = c * psi
     elif zero == 3:
         compute_copy = 2 * c * block_params(cfg.model, cfg.parallel.tp)
+        if p.pp > 1:
+            # a pipeline stage's backward keeps the blocks it gathers (the schedule turns
+            # resharding after backward off until the stage's gradients are reduced): the
+            # largest stage's blocks, and no prefetch beyond the stage
+            compute_copy = c * max(len(split[s]) for s in ids) * block_params(cfg.model, p.tp)
     else:
         compute_copy = c * psi if c != FP32 else 0
     if replicated:
@@ -266,6 +299,20 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         # the collective's flat output buffer exists until it is copied out into the
         # parameters, and gloo (CPU) stages the gathered bytes in one more buffer of that size
         gather = (2 if device == "cpu" else 1) * c * block_params(cfg.model, cfg.parallel.tp)
+    # under a pipeline schedule, data parallelism reduces a stage's gradients once all its
+    # micro-batches' backwards are done (its reduce-grad action, not block by block): from
+    # then on the stage holds them sharded (ZeRO 2/3) or reduced in place, and its gathered
+    # parameters are freed
+    fsdp = p.pp > 1 and dp > 1 and (zero >= 2 or replicated)
+
+    def reduced_bytes(n: int) -> int:
+        return FP32 * n // (dp if zero >= 2 else 1) if fsdp else FP32 * n
+
+    def released(n: int) -> int:
+        if not fsdp:
+            return 0
+        return (c * n if zero == 2 else 0) + (FP32 * n if replicated else 0)
+
     backward = _backward_peak(
         cfg,
         base,
@@ -274,6 +321,8 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         last=last,
         pp_rank=pp_rank,
         gather=gather,
+        reduced_bytes=reduced_bytes,
+        released=released,
     )
     # the optimizer step: every gradient, plus a foreach temporary of the moments' size on
     # CUDA (sqrt of the second moment); CPU steps one parameter at a time, with two temporaries

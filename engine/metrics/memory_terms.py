@@ -48,6 +48,20 @@ def layer_activation_bytes(cfg: RunConfig, tokens: int) -> int:
     return tokens * (norm_in + norm_out + attn + mlp)
 
 
+def weight_pass_stash_bytes(cfg: RunConfig, tokens: int) -> int:
+    """What one layer keeps for one micro-batch between a split backward's input pass and its
+    weight pass, beyond its activations (which the input pass retains for the weight pass):
+    the gradients at the outputs of its weight-bearing ops, which the input pass stashes for
+    the weight pass to multiply with their inputs (dW = dY^T X, Qi et al. 2023, section 2):
+    the column-parallel q, k, v and MLP up (and gate) outputs (sharded by tp), the
+    row-parallel output projection and MLP down outputs (whole), and the two norms' outputs
+    (in the stream's dtype)."""
+    m, p = cfg.model, cfg.parallel
+    h, c = m.d_model, COMPUTE_BYTES[cfg.train.precision]
+    up = (2 if m.mlp == "swiglu" else 1) * m.d_ff
+    return tokens * ((3 * h + up) * c // p.tp + 2 * h * c + 2 * h * stream_bytes(cfg))
+
+
 def checkpointed_layer_bytes(cfg: RunConfig, tokens: int) -> int:
     """What a checkpointed layer keeps (engine/parallel/activation.py): full keeps the block's
     input; selective also the outputs of its matmuls and of attention."""
@@ -99,8 +113,9 @@ def last_recompute(cfg: RunConfig, *, tokens: int, layers: int, last: bool) -> t
         shard = p.dp if zero >= 2 else 1
         head = m.padded_vocab_size * m.d_model // tp if last else 0
         grads = FP32 * ((layers - 1) * block_params(cfg.model, cfg.parallel.tp) + head) // shard
-    if zero >= 2:
-        # FSDP's reduce-scatter input: the unsharded gradients of the unit being reduced
+    if zero >= 2 and p.pp == 1:
+        # FSDP's reduce-scatter input: the unsharded gradients of the unit being reduced (a
+        # pipeline schedule reduces a stage's gradients after its backwards, not during them)
         grads += FP32 * block_params(cfg.model, cfg.parallel.tp)
     return grads, work
 

@@ -106,21 +106,9 @@ def _describe(cfg: RunConfig) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "world_size",
-    [
-        2,
-        pytest.param(
-            4,
-            marks=pytest.mark.skip(
-                reason="open: 4 of 58 layouts at world size 4 lie outside +-15% (tp2 with the "
-                "zero-bubble V schedule low; ZeRO-3 and ZeRO-2 interleaved runs move by up to "
-                "2 MB between runs and ranks with how many gloo gathers and reduce-scatters "
-                "are in flight), and the run takes ~7 minutes here"
-            ),
-        ),
-    ],
-)
+# 58 layouts one after another at world size 4: over pytest's 10 minutes on a loaded 2-core host
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("world_size", [2, 4])
 def test_memory_prediction_within_tolerance_on_every_layout(tmp_path, world_size):
     cfgs = _space_layouts(world_size)
     assert len(cfgs) >= (6 if world_size == 2 else 30)  # the space was really enumerated
@@ -131,7 +119,7 @@ def test_memory_prediction_within_tolerance_on_every_layout(tmp_path, world_size
         [sys.executable, __file__, str(path), str(out)],
         nproc=world_size,
         log_dir=tmp_path,
-        timeout_s=900,
+        timeout_s=1700,
     )
     logs = "\n".join(p.read_text() for p in res.log_paths)
     assert res.ok, f"exit codes {res.returncodes}\n{logs[-4000:]}"
