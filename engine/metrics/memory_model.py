@@ -183,8 +183,12 @@ def _backward_peak(
         # until the forwards run out
         sends = 0 if stages[0][2] else 1
         cores = [moment(deepest * layers, 0, 0)]
+        # totals are linear in k while the set in flight stays full (up to n_micro - deepest)
+        # and again while it drains: the largest is at an end of either piece
+        ends = {1, n_micro - deepest, n_micro - deepest + 1, n_micro - 1}
         cores += [
-            moment(min(deepest, n_micro - k) * layers, psi, k * sends) for k in range(1, n_micro)
+            moment(min(deepest, n_micro - k) * layers, psi, k * sends)
+            for k in sorted(k for k in ends if 1 <= k < n_micro)
         ]
     else:
         # every micro-batch is forwarded before the first backward (GPipe, 1F1B's cool-down
@@ -195,11 +199,14 @@ def _backward_peak(
         # none is reduced before the others)
         cores, units, done, sent = [], n_micro * layers, 0, 0
         for stage_layers, stage_psi, first in stages:
-            for k in range(n_micro):
-                reduced = 0 if split else done
-                cores.append(moment(units, done + (stage_psi if k else 0), sent, reduced))
-                units -= stage_layers
-                sent += 0 if first else 1
+            step = 0 if first else 1
+            reduced = 0 if split else done
+            # within a stage the totals are linear in k from k = 1 on: its ends suffice
+            for k in sorted({0, min(1, n_micro - 1), n_micro - 1}):
+                grads_of = done + (stage_psi if k else 0)
+                cores.append(moment(units - k * stage_layers, grads_of, sent + k * step, reduced))
+            units -= n_micro * stage_layers
+            sent += n_micro * step
             done += stage_psi
     if split and p.tp > 1:
         # weight passes wait for bubbles: the micro-batches run in rounds of pp, and each
