@@ -77,6 +77,7 @@ SAMPLER_RULES: dict[str, Rule] = {
     "seed": Rule("int", 0, SEED_MAX),
     "n_startup_trials": Rule("int", 0, 10**6),
     "min_fit_trials": Rule("int", 1, 10**6),
+    "prior_weight": Rule("float", 0, 10**6),
     "n_ei_candidates": Rule("int", 1, 10**6),
     "population_size": Rule("int", 2, 10**6),
     "mutation_prob": Rule("float", 0, 1),

@@ -3,7 +3,8 @@
 `sampler=model` ranks every runnable layout of the space by predicted tokens/s, launches the
 predicted best untried one, refits the model's coefficients to every measured trial of the
 study after each measurement and ranks again; it stops, saying why, once no untried layout's
-optimistic prediction (its predicted step time less the fit's largest error) beats the best
+optimistic prediction (its predicted step time less the largest error the fit makes on a
+trial left out of it) beats the best
 measured throughput. `sweep.seed_from_plan=K` puts the model's top K first in any sampler's
 queue.
 """
@@ -24,13 +25,17 @@ from optuna.trial import FrozenTrial, TrialState
 from engine.config import ConfigError, RunConfig
 from tuner.perf.cluster import Cluster
 from tuner.perf.features import FEATURES, features
-from tuner.perf.model import Coefficients, fit
+from tuner.perf.model import Coefficients, fit_rows, held_out_errors
 from tuner.study import LAYOUT_ATTR, stored_result
 
 log = logging.getLogger(__name__)
 
 # measured trials before the fit replaces the prior: fewer leave most coefficients unexercised
 MIN_FIT_TRIALS = 4
+# the prior's pull on the refits (tuner.perf.model.fit): weak, as every measurement is of the
+# machine being searched; a pull as strong as a calibration's held coefficients 100x off their
+# prior (per-call costs on CPU) so far from the truth that the search measured most of a space
+PRIOR_WEIGHT = 0.005
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Candidate:
 class Ranking:
     best: Candidate | None  # the untried candidate predicted fastest
     predicted_tokens_per_s: float
-    band: float | None  # the fit's largest relative step-time error; None before a fit
+    band: float | None  # largest relative step-time error on a trial left out; None: no fit
     n_measured: int
 
 
@@ -77,13 +82,22 @@ def candidates(
     return out
 
 
-def _measured(study: optuna.Study) -> list[tuple[RunConfig, float, float]]:
-    """(config, step seconds, tokens/s) of every completed, measured trial."""
+@dataclass(frozen=True)
+class Measured:
+    trial: int
+    cfg: RunConfig
+    step_time_s: float
+    tokens_per_s: float
+
+
+def _measured(study: optuna.Study) -> list[Measured]:
+    """Every completed, measured trial of the study."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         r = stored_result(t)
         if r.get("step_time_s") and r.get("tokens_per_s") and r.get("config"):
-            out.append((RunConfig.from_dict(r["config"]), r["step_time_s"], r["tokens_per_s"]))
+            cfg = RunConfig.from_dict(r["config"])
+            out.append(Measured(t.number, cfg, r["step_time_s"], r["tokens_per_s"]))
     return out
 
 
@@ -103,13 +117,20 @@ class ModelSampler(BaseSampler):
     It needs the sweep's context (``bind``), given by tuner.sweep before the first trial;
     unbound, or for parameters outside the space, it samples at random."""
 
-    def __init__(self, seed: int | None = None, min_fit_trials: int = MIN_FIT_TRIALS) -> None:
+    def __init__(
+        self,
+        seed: int | None = None,
+        min_fit_trials: int = MIN_FIT_TRIALS,
+        prior_weight: float = PRIOR_WEIGHT,
+    ) -> None:
         self._random = RandomSampler(seed=seed)
         self._min_fit = min_fit_trials
+        self._prior_weight = prior_weight
         self._space: dict[str, BaseDistribution] = {}
         self._cands: list[Candidate] = []
         self._prior = Coefficients()
         self._cluster_of: Callable[[int], Cluster] | None = None
+        self._rows: dict[int, np.ndarray] = {}  # features of measured trials, by number
 
     def bind(
         self,
@@ -127,18 +148,25 @@ class ModelSampler(BaseSampler):
         measured = _measured(study)
         coeffs, band = self._prior, None
         if len(measured) >= self._min_fit and self._cluster_of is not None:
-            cluster_of = self._cluster_of
-            result = fit(
-                [(c, s) for c, s, _ in measured],
-                lambda c: cluster_of(c.parallel.n_ranks),
-                prior=self._prior,
-                source=f"{len(measured)} trials of this sweep",
-            )
-            coeffs, band = result.coeffs, float(np.max(np.abs(result.residuals)))
+            rows = np.array([self._features(m) for m in measured])
+            times = np.array([m.step_time_s for m in measured])
+            source = f"{len(measured)} trials of this sweep"
+            w = self._prior_weight
+            coeffs = fit_rows(rows, times, prior=self._prior, prior_weight=w, source=source).coeffs
+            # the band: the worst error on a trial the fit did not see (leave-one-out)
+            errors = held_out_errors(rows, times, prior=self._prior, prior_weight=w)
+            band = float(np.max(np.abs(errors)))
         tried = _tried(study)
         untried = [(c, tps) for c, tps in self.predicted(coeffs) if c.key not in tried]
         best, best_tps = untried[0] if untried else (None, 0.0)
         return Ranking(best, best_tps, band, len(measured))
+
+    def _features(self, m: Measured) -> np.ndarray:
+        if m.trial not in self._rows:
+            assert self._cluster_of is not None
+            x = features(m.cfg, self._cluster_of(m.cfg.parallel.n_ranks))
+            self._rows[m.trial] = np.array([x[k] for k in FEATURES])
+        return self._rows[m.trial]
 
     def predicted(self, coeffs: Coefficients | None = None) -> list[tuple[Candidate, float]]:
         """Every candidate with its predicted tokens/s (the prior's unless given), best first."""
@@ -154,14 +182,15 @@ class ModelSampler(BaseSampler):
             return f"sampler=model: all {len(self._cands)} runnable layouts have been tried"
         if r.band is None or r.band >= 1:
             return None
-        measured = [tps for _, _, tps in _measured(study)]
+        measured = [m.tokens_per_s for m in _measured(study)]
         optimistic = r.predicted_tokens_per_s / (1 - r.band)
         if measured and optimistic < max(measured):
             return (
                 f"sampler=model: no untried layout can beat the best measured "
                 f"{max(measured):,.0f} tok/s (the most promising is predicted "
                 f"{r.predicted_tokens_per_s:,.0f} tok/s, at most {optimistic:,.0f} with the "
-                f"fit's largest error {100 * r.band:.0f}% over {r.n_measured} trials)"
+                f"largest error on a trial left out of the fit, {100 * r.band:.0f}% over "
+                f"{r.n_measured} trials)"
             )
         return None
 

@@ -136,6 +136,18 @@ def fit(
     cluster it was measured on (``cluster_of``)."""
     rows = np.array([[features(c, cluster_of(c))[k] for k in FEATURES] for c, _ in measured])
     times = np.array([s for _, s in measured])
+    return fit_rows(rows, times, prior=prior, prior_weight=prior_weight, source=source)
+
+
+def fit_rows(
+    rows: np.ndarray,
+    times: np.ndarray,
+    *,
+    prior: Coefficients,
+    prior_weight: float = 0.05,
+    source: str = "fit",
+) -> Fit:
+    """``fit`` on features already computed: one row per step (FEATURES order)."""
     theta0 = np.array([prior.values[k] for k in FEATURES])
     a = rows / times[:, None]  # relative residual: (x·θ - t) / t
     b = np.ones(len(times))
@@ -148,3 +160,18 @@ def fit(
     residuals = (rows @ theta - times) / times
     values = dict(zip(FEATURES, (float(v) for v in theta), strict=True))
     return Fit(Coefficients(values, source), [float(r) for r in residuals])
+
+
+def held_out_errors(
+    rows: np.ndarray, times: np.ndarray, *, prior: Coefficients, prior_weight: float = 0.05
+) -> list[float]:
+    """Each step's relative error when the model is fitted to all the others (leave-one-out):
+    how far it is off on what it has not seen, which a fit's own residuals understate (with
+    fewer steps than coefficients they are zero)."""
+    out = []
+    for i in range(len(times)):
+        keep = np.arange(len(times)) != i
+        f = fit_rows(rows[keep], times[keep], prior=prior, prior_weight=prior_weight)
+        theta = np.array([f.coeffs.values[k] for k in FEATURES])
+        out.append(float(rows[i] @ theta / times[i] - 1))
+    return out
