@@ -10,7 +10,7 @@ from tests.browser import pages
 from tests.compare.real_sweeps import TIMEOUT_S
 from tuner.report.html import figure_html, page
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.long]
 
 
 def _check(opened, kind: str) -> None:

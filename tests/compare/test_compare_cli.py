@@ -58,6 +58,7 @@ def test_different_models_are_refused_unless_forced(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(TIMEOUT_S)
 def test_two_real_sweeps_of_different_precisions(sweeps_dir):
     out = sweeps_dir / "reports" / "compare" / "fp32-vs-bf16.html"

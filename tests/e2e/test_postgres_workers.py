@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from tests.helpers import REPO, cli, wait_until
 from tests.postgres import postgres_url  # noqa: F401 (a fixture)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(1500)]
 
 
 def test_three_workers_on_postgresql_survive_a_killed_worker(tmp_path, postgres_url):  # noqa: F811

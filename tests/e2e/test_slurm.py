@@ -14,6 +14,7 @@ from tests import slurm_cluster
 from tests.helpers import cli, cli_started, wait_until
 
 pytestmark = [
+    pytest.mark.long,
     pytest.mark.slow,
     pytest.mark.skipif(bool(slurm_cluster.missing()), reason=slurm_cluster.missing() or "-"),
 ]

@@ -13,7 +13,7 @@ import torch
 
 from tests.helpers import cli, cli_started, engine_pids, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 FAST = ["model=tiny", "train.steps=5", "train.warmup_steps=1"]
 LAYOUT = ["parallel.dp=2", "train.micro_batch=4", "train.global_batch=8"]
 TWO_NODES = ["launcher=torchrun", "launcher.nnodes=2"]  # 1 rank per node

@@ -16,7 +16,7 @@ from tests.engine.test_layouts import LAYOUTS, LOSS_ATOL, PARAM_ATOL, STEPS
 from tests.helpers import run_engine, tiny_config
 
 pytest.importorskip("transformers")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 MODEL = {"source": "hf", "hf_config": "conf/model/hf/tiny-llama.json", "name": "hf"}
 HF_LAYOUTS = {k: v for k, v in LAYOUTS.items() if not v[0].get("sp")}
 

@@ -152,6 +152,7 @@ def test_layout_equals_reference(reference, tmp_path, layout):
     assert_trains_like(_run(tmp_path, parallel, train), reference)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("layout", COMPILED)
 def test_compiled_blocks_layout_equals_reference(reference, tmp_path, layout):
     parallel, train = LAYOUTS[layout]
@@ -160,6 +161,7 @@ def test_compiled_blocks_layout_equals_reference(reference, tmp_path, layout):
     assert_trains_like(run, reference)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("layout", ["zero0-dp2", "zero3-dp2"])
 def test_compiled_model_layout_equals_reference(reference, tmp_path, layout):
     parallel, train = LAYOUTS[layout]

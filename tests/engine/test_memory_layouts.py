@@ -106,6 +106,7 @@ def _describe(cfg: RunConfig) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 # 58 layouts one after another at world size 4: over pytest's 10 minutes on a loaded 2-core host
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("world_size", [2, 4])
