@@ -155,7 +155,16 @@ def test_interrupted_sweep_resumes_and_reruns_the_interrupted_trial(tmp_path):
         "sweep.n_trials=2",
         "train.steps=30",
     ]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it, even where this test runs in the background (a shell
+    # starts background jobs with SIGINT ignored, which the sweep would inherit)
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     started = tmp_path / "reports" / "intr" / "trials" / "0000" / "rank0.log"
     assert wait_until(started.exists, timeout_s=60)
     proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of trial 0
