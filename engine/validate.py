@@ -22,6 +22,7 @@ from engine.config import (
 )
 from engine.hf_shape import check_hf_layout, resolve_hf
 from engine.token_file import check_tokens
+from engine.validate_compile import check_compile
 from engine.validate_values import check_run_values
 
 # Only torch-free modules above (numpy is fine): the CLI validates a config before (and
@@ -316,24 +317,6 @@ def _check_combinations(cfg: RunConfig) -> None:
         )
 
 
-def _check_compile(cfg: RunConfig) -> None:
-    t = cfg.train
-    if t.compile != "none" and t.warmup_steps < 1:
-        raise ConfigError(
-            f"train.compile={t.compile} compiles in the first step, which must not be timed, "
-            "but train.warmup_steps=0; set train.warmup_steps >= 1 or train.compile=none."
-        )
-    p = cfg.parallel
-    if t.compile != "none" and p.pp > 1 and p.pp_schedule in SPLIT_BACKWARD:
-        # measured: the schedule fails at its first input-gradient pass of a compiled block
-        raise ConfigError(
-            f"train.compile={t.compile} runs a block's backward as one compiled graph, but "
-            f"parallel.pp_schedule={p.pp_schedule} splits it into an input-gradient and a "
-            "weight-gradient pass; valid with compile: gpipe, 1f1b, interleaved_1f1b or "
-            "looped_bfs, or set train.compile=none."
-        )
-
-
 def validate_layout(cfg: RunConfig, *, model_shape: bool | None = None) -> None:
     """Checks of settings against each other: a sweep prunes a layout that fails them.
     ``model_shape=False``: leave out the checks against the GPT's shape (``cfg.model``), for
@@ -347,7 +330,7 @@ def validate_layout(cfg: RunConfig, *, model_shape: bool | None = None) -> None:
         check_hf_layout(cfg)
     _check_tensor(cfg, model_shape=model_shape)
     _check_pipeline(cfg, model_shape=model_shape)
-    _check_compile(cfg)
+    check_compile(cfg)
 
 
 def validate(cfg: RunConfig, *, model_shape: bool | None = None) -> RunConfig:
