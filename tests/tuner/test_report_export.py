@@ -146,10 +146,38 @@ def test_torchtitan_pipeline_and_toml_round_trip() -> None:
     assert par["pipeline_parallel_schedule"] == "Interleaved1F1B"
     assert par["pipeline_parallel_microbatch_size"] == 2
     assert tt["training"]["local_batch_size"] == 4  # the dp rank's share of 16
-    assert tt["activation_checkpoint"] == {"mode": "selective"}
+    assert tt["activation_checkpoint"] == {"mode": "selective", "selective_ac_option": "op"}
     assert tt["training"]["mixed_precision_param"] == "bfloat16"
     assert any("4 stages" in n for n in notes)
     assert tomllib.loads(to_toml(tt, header="a\nb")) == tt
+
+
+@pytest.mark.parametrize(
+    ("precision", "reduce", "param", "said"),
+    [
+        ("fp32", "fp32", "float32", ()),
+        ("bf16", "bf16", "bfloat16", ("reduced in bf16",)),
+        ("fp16", "fp32", "bfloat16", ("fp16 with dynamic loss scaling",)),
+    ],
+)
+def test_torchtitan_takes_only_its_literal_dtypes(precision, reduce, param, said) -> None:
+    """torchtitan's mixed_precision_param is bfloat16 | float32 and its reduce float32 only:
+    what the run did beyond that is said in the notes, never written as an invalid value."""
+    tt, notes = torchtitan_config(
+        _cfg(
+            **{
+                "train.precision": precision,
+                "train.reduce_dtype": reduce,
+                "train.betas": [0.8, 0.9],
+            }
+        )
+    )
+    assert tt["training"]["mixed_precision_param"] == param
+    assert tt["training"]["mixed_precision_reduce"] == "float32"
+    assert (tt["optimizer"]["beta1"], tt["optimizer"]["beta2"]) == (0.8, 0.9)
+    for words in said:
+        assert any(words in n for n in notes), (words, notes)
+    assert not any("reduced in" in n for n in notes) or reduce != "fp32"
 
 
 def test_a_study_of_other_keys_still_reports(tmp_path: Path) -> None:

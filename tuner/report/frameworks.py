@@ -20,21 +20,30 @@ DeepSpeed (the JSON passed to ``deepspeed.initialize``):
                       ``gradient_clipping``
   activation ckpt  -> not in the JSON: ``deepspeed.checkpointing.checkpoint`` in the model code
 
-torchtitan (the TOML of ``--job.config_file``; sections [training], [parallelism],
-[activation_checkpoint], [optimizer] as in torchtitan's train_configs):
+torchtitan (the TOML of ``--job.config_file``; the sections and keys of the ``JobConfig``
+dataclasses in torchtitan's ``torchtitan/config/job_config.py``: [training], [parallelism],
+[activation_checkpoint], [optimizer]; a key typed ``Literal`` takes only the values it lists):
   dp with ZeRO-3   -> ``data_parallel_shard_degree`` = dp (FSDP2 shards parameters, gradients
                       and optimizer state); ZeRO-2 -> the same with ``fsdp_reshard_after_forward
                       = "never"``; ZeRO-0 (DDP) -> ``data_parallel_replicate_degree`` = dp;
                       ZeRO-1 has no torchtitan equivalent (nearest: ZeRO-2, said in the notes)
   tp               -> ``tensor_parallel_degree`` (torchtitan's TP always shards norms along the
                       sequence: SP on; a run without SP differs there)
-  pp, schedule     -> ``pipeline_parallel_degree``, ``pipeline_parallel_schedule`` (the class
-                      names of torch.distributed.pipelining, without "Schedule")
+  pp, schedule     -> ``pipeline_parallel_degree``, ``pipeline_parallel_schedule`` (the names
+                      torch.distributed.pipelining's ``get_schedule_class`` takes: the class
+                      names without "Schedule"), ``pipeline_parallel_layers_per_stage`` for
+                      virtual stages
   micro-batch      -> without pp: ``local_batch_size`` = micro, ``global_batch_size`` = global
                       (torchtitan accumulates); with pp: ``local_batch_size`` = global / dp,
                       ``pipeline_parallel_microbatch_size`` = micro
-  precision        -> ``mixed_precision_param`` (bf16 / fp32; fp16 has no loss scaling there)
-  reduce dtype     -> ``mixed_precision_reduce``; AC -> ``[activation_checkpoint] mode``
+  precision        -> ``mixed_precision_param``: "bfloat16" | "float32" only (through FSDP2's
+                      policy when sharded, through autocast under pure DDP — as here); fp16 has
+                      no setting there (nearest: bfloat16, said in the notes)
+  reduce dtype     -> ``mixed_precision_reduce``: "float32" only (a bf16 reduction is said)
+  AC               -> ``[activation_checkpoint] mode`` none | full | selective; this engine's
+                      selective is op-level, torchtitan's ``selective_ac_option = "op"``
+  optimizer        -> ``name`` AdamW, ``lr``, ``beta1``, ``beta2``, ``eps``, ``weight_decay``;
+                      grad clip -> ``[training] max_norm``
 """
 
 from __future__ import annotations
@@ -43,8 +52,6 @@ from typing import Any
 
 from engine.config import PP_SCHEDULE_CLASSES, RunConfig
 from engine.validate import resolve
-
-_TORCH_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _common_notes(cfg: RunConfig) -> list[str]:
@@ -141,9 +148,15 @@ def torchtitan_config(cfg: RunConfig) -> tuple[dict[str, dict[str, Any]], list[s
         "global_batch_size": t.global_batch,
         "seq_len": cfg.model.seq_len,
         "steps": t.steps,
-        "mixed_precision_param": _TORCH_DTYPE[t.precision],
-        "mixed_precision_reduce": _TORCH_DTYPE[t.reduce_dtype],
+        # torchtitan's Literal types: param bfloat16 | float32, reduce float32 only
+        "mixed_precision_param": "float32" if t.precision == "fp32" else "bfloat16",
+        "mixed_precision_reduce": "float32",
     }
+    if t.reduce_dtype != "fp32":
+        notes.append(
+            f"The gradients were reduced in {t.reduce_dtype}; torchtitan's "
+            "mixed_precision_reduce takes float32 only, so this file reduces in float32."
+        )
     if t.grad_clip > 0:
         training["max_norm"] = t.grad_clip
     else:
@@ -167,26 +180,31 @@ def torchtitan_config(cfg: RunConfig) -> tuple[dict[str, dict[str, Any]], list[s
         training["local_batch_size"] = t.micro_batch
     if t.precision == "fp16":
         notes.append(
-            "fp16 with dynamic loss scaling has no torchtitan setting (it trains in bf16 or "
-            "fp32); mixed_precision_param says float16 but nothing scales the loss."
+            "fp16 with dynamic loss scaling has no torchtitan setting (mixed_precision_param "
+            "takes bfloat16 or float32): this file says bfloat16, the nearest."
         )
-    if t.precision != "fp32" and p.zero == 0:
+    ac: dict[str, Any] = {"mode": t.activation_checkpointing}
+    if t.activation_checkpointing == "selective":
+        # this engine's selective policy is op-level (keeps matmul and attention outputs)
+        ac["selective_ac_option"] = "op"
         notes.append(
-            "torchtitan applies mixed_precision_param through FSDP2: with replicated data "
-            "parallelism only (ZeRO-0) it trains in fp32 unless its mixed-precision option for "
-            "DDP is set."
+            "Selective checkpointing maps to torchtitan's op-level policy, which keeps the "
+            "outputs of every other matmul rather than of all of them: its memory and "
+            "recomputation differ from this run's."
         )
     sections = {
         "training": training,
         "parallelism": par,
-        "activation_checkpoint": {"mode": t.activation_checkpointing},
-        "optimizer": {"name": "AdamW", "lr": t.lr, "weight_decay": t.weight_decay},
+        "activation_checkpoint": ac,
+        # eps is left to the defaults, which agree (1e-8 in torch's AdamW and in torchtitan)
+        "optimizer": {
+            "name": "AdamW",
+            "lr": t.lr,
+            "beta1": t.betas[0],
+            "beta2": t.betas[1],
+            "weight_decay": t.weight_decay,
+        },
     }
-    if tuple(t.betas) != (0.9, 0.95):
-        notes.append(
-            f"AdamW betas {tuple(t.betas)} are not written: torchtitan's [optimizer] section "
-            "does not take them in every version; set them where yours does."
-        )
     return sections, notes
 
 
