@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from engine.config import ConfigError, RunConfig
+from engine.metrics.volumes import n_micro
 from tests.helpers import REPO, tiny_config
 from tuner.perf import cluster as clusters
-from tuner.perf.features import FEATURES, bubble, features
+from tuner.perf.features import FEATURES, bubble, features, span
 from tuner.perf.model import GPU_PRIOR, Coefficients, fit, predict
 
 LLAMA_7B = yaml.safe_load((REPO / "conf/model/llama-7b.yaml").read_text())
@@ -106,14 +107,31 @@ def test_few_micro_batches_leave_no_schedule_a_bubble_below_one_micro_batchs_pat
 def test_host_work_stretches_where_ranks_share_cores():
     c = clusters.load("h100-sxm")
     shared = dataclasses.replace(c, time_share=2.0)
-    cfg = _llama({"tp": 2, "pp": 2, "dp": 2, "zero": 3})
+    cfg = _llama({"tp": 2, "pp": 1, "dp": 4, "zero": 3})
     alone, two = features(cfg, c), features(cfg, shared)
-    for k in ("calls", "tp_calls", "pp_hops", "opt_dtensors", "step"):
+    for k in ("calls", "tp_calls", "opt_dtensors", "step"):
         assert two[k] == pytest.approx(2 * alone[k]) and alone[k] > 0
     for k in ("matmul", "comm_tp", "comm_dp3", "optimizer"):  # measured rates carry the sharing
         assert two[k] == alone[k]
     with pytest.raises(ConfigError, match=r"cluster\.time_share"):
         clusters.from_dict({"time_share": 0.5})
+
+
+@pytest.mark.parametrize(("m", "b", "share"), [(8, 1.0, 1.0), (2, 1.0, 2.0), (1, 3.0, 2.0)])
+def test_pipeline_ranks_idle_in_the_bubble_leave_shared_cores_to_the_others(m, b, share):
+    # a core per rank: m + B; shared cores: the work itself (m busy-rank times) unless one
+    # micro-batch's way through the stages at full speed, (m + B) / share, is longer
+    assert m <= span(m, b, share) <= m + b  # never below the work, never above a core each
+    assert (span(m, b, share) == m + b) == (share == 1)
+    assert span(m, b, share) >= (m + b) / share  # the first micro-batch crosses every stage
+    c = clusters.load("h100-sxm")
+    cfg = _llama({"tp": 1, "pp": 2, "dp": 4, "zero": 0})
+    alone = features(cfg, c)
+    two = features(cfg, dataclasses.replace(c, time_share=2.0))
+    mb = n_micro(cfg)
+    stretch = span(mb, 1.0, 2.0) / span(mb, 1.0, 1.0)  # 1F1B over 2 stages: B = 1
+    assert two["matmul"] == pytest.approx(stretch * alone["matmul"]) and stretch < 1
+    assert two["pp_hops"] == pytest.approx(2 * stretch * alone["pp_hops"])
 
 
 def test_fit_holds_every_coefficient_above_its_floor_and_refits_the_rest():

@@ -8,8 +8,8 @@ time linear in the coefficients makes calibration an ordinary least-squares fit.
 
 The step of the slowest pipeline rank, in units of one micro-batch's forward and backward
 through that rank's stages (t), lasts (m + B)·t with m micro-batches and B the schedule's
-bubble in those units (``BUBBLE``); data-parallel communication, the optimizer step and the
-per-step constant come on top.
+bubble in those units (``BUBBLE``; ``span`` where ranks share cores); data-parallel
+communication, the optimizer step and the per-step constant come on top.
 
 Features counted in calls (layer invocations, pipeline hops, parameter tensors, steps) are
 host work; where ranks outnumber cores (``Cluster.time_share``) each rank gets that share of
@@ -74,6 +74,17 @@ def bubble(schedule: str, pp: int, v: int, micro: int) -> float:
     if pp == 1:
         return 0.0
     return max(BUBBLE[schedule](pp, v), pp - micro)
+
+
+def span(micro: int, bubble_t: float, share: float) -> float:
+    """How many micro-batch times of one busy rank a pipeline rank's step lasts.
+
+    With a core (or device) per rank that is m + B. Where ranks take turns on the cores
+    (``share`` > 1), the rates are measured with every rank busy, and a rank idle in the bubble
+    leaves its core to the others: the fill and drain run faster than the steady part, and the
+    step lasts no more than the work itself, m busy-rank times, unless m + B at full speed is
+    longer (a pipeline cannot finish before one micro-batch has crossed every stage)."""
+    return max(micro, (micro + bubble_t) / share) if share > 1 else micro + bubble_t
 
 
 @dataclass(frozen=True)
@@ -179,8 +190,8 @@ def features(cfg: RunConfig, cluster: Cluster, *, slowest: int | None = None) ->
     loads = [_rank_load(cfg, cluster, r, peak) for r in ranks]
     load = max(loads, key=lambda x: x.flops + x.elem_bytes + x.comm_tp + x.comm_pp)
     m = n_micro(cfg)
-    scale = m + bubble(p.pp_schedule, p.pp, p.pp_virtual_stages, m)
     share = cluster.time_share
+    scale = span(m, bubble(p.pp_schedule, p.pp, p.pp_virtual_stages, m), share)
     out = dict.fromkeys(FEATURES, 0.0)
     out.update(
         matmul=scale * load.flops,
