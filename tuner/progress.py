@@ -155,6 +155,7 @@ def final_lines(study: optuna.Study, sweep_dir: Path) -> list[str]:
     """The sweep's last words: the top layouts with their intervals (the ones the
     measurements cannot tell from the best marked) and the commands that reproduce the best."""
     from tuner.report import data
+    from tuner.report.confirmation import confirmation_line
     from tuner.report.export_best import reproduce_commands
     from tuner.report.leaderboard import interval_text, leaderboard, top
 
@@ -170,6 +171,9 @@ def final_lines(study: optuna.Study, sweep_dir: Path) -> list[str]:
         tie = "  ≈ best" if row["tied_with_best"] else ""
         text = f"  {int(row['rank'])}. {row['layout']}  {interval_text(row)}{tie}"
         lines.append(text)
+    verdict = confirmation_line(study, df)
+    if verdict:
+        lines.append(verdict)
     from_yaml, _ = reproduce_commands(sweep_dir)
     lines += [f"reproduce the best: {from_yaml}", f"  or: {summary.best_command}"]
     return lines

@@ -19,6 +19,7 @@ import plotly.offline
 from tuner.outputs import OutputError, atomic_write_text, describe
 from tuner.report import data, figures, measurements, sections
 from tuner.report.best import best_section
+from tuner.report.confirmation import confirmation_section
 from tuner.report.export_best import write_best
 from tuner.report.figures import figure_html
 from tuner.report.frame import busy_trials
@@ -186,6 +187,7 @@ def render_report(study: optuna.Study, df: pd.DataFrame | None = None) -> str:
         _title(summary),
         _machines(study, df),
         sections.leaderboard_section(board),
+        confirmation_section(study, df),
         _busy(df),
         best_section(study, df, summary),
         sections.knobs_section(study, df, summary),
