@@ -181,7 +181,7 @@ def cmd_live(args: argparse.Namespace) -> None:
     lines = [
         "# Live: sampler=model against sampler=tpe, same budget",
         "",
-        f"`{command}` (space: `{' '.join(overrides)}`, back to back)",
+        f"`{command}` (space: `{' '.join(overrides)}`, back to back in this order)",
         "",
         "| sampler | layouts launched | best tokens/s | best layout | trial time s | wall s "
         "| stopped early |",

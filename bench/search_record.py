@@ -121,9 +121,11 @@ def record(
 
 
 def live(overrides: list[str], *, work: Path, n_trials: int, seed: int) -> list[dict[str, Any]]:
-    """``sampler=model`` and ``sampler=tpe`` sweeps with the same budget, back to back."""
+    """``sampler=model`` and ``sampler=tpe`` sweeps with the same budget, back to back; which
+    goes first alternates with the seed, so that a slow spell of the machine favours neither
+    over several seeds."""
     rows = []
-    for sampler in ("model", "tpe"):
+    for sampler in ("model", "tpe") if seed % 2 == 0 else ("tpe", "model"):
         name = f"live-{sampler}-s{seed}"
         extra = [f"sampler={sampler}", f"sweep.n_trials={n_trials}", f"sweep.seed={seed}"]
         run = tuner_sweep(name, [*overrides, *extra], work=work)
