@@ -16,14 +16,16 @@ checkpointing off (66 runnable layouts of the tiny model; recomputation only slo
 this small): at the quick start's pace (8 trials in about a minute on 2 quiet cores) about
 10 minutes. A trial's time is mostly its fixed start-up cost, so all layouts cost about
 alike. `--limit K` measures the first K in the model's order only (a check of the command).
+With `--workdir DIR`, an interrupted recording resumes where it stopped when run again.
 
 `replay` runs random, TPE and the model-guided sampler over the whole space, and a
 DeepSpeed-autotuner-like grid over ZeRO stage x micro-batch, for each seed against the
 table (bench/search_replay.py: no process is launched) and reports, per strategy, the trial
 time until the first layout within 3% of the grid's best as a fraction of the grid's total
 (median and 90th percentile; inf: not found before the strategy stopped), and the best the
-DeepSpeed-like space reaches at all. `live` runs sampler=model and sampler=tpe sweeps with
-the same budget and reports what each found and what it cost.
+DeepSpeed-like space reaches at all. Each strategy stops where a sweep would, including after
+50 unproductive proposals (pruned or repeated layouts) in a row. `live` runs sampler=model
+and sampler=tpe sweeps with the same budget and reports what each found and what it cost.
 
 Run `record` and `live` alone: anything else running on the machine distorts the timings.
 """
@@ -124,14 +126,15 @@ def cmd_replay(args: argparse.Namespace) -> None:
         f"{100 * TOLERANCE:.0f}% of the grid's best, over the whole grid's trial time "
         "(pruned layouts cost nothing, as in a sweep).",
         "",
-        "| strategy | seeds that found it | median | p90 | layouts launched (median) "
+        "| strategy | seeds that found it | median | p90 | min - max | layouts launched (median) "
         "| best found / grid best (median) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for s, st in stats.items():
         lines.append(
             f"| {s} | {st['found']}/{st['seeds']} | {_fraction(st['median_fraction'])} | "
-            f"{_fraction(st['p90_fraction'])} | {st['median_launched']:.0f} | "
+            f"{_fraction(st['p90_fraction'])} | {_fraction(st['min_fraction'])} - "
+            f"{_fraction(st['max_fraction'])} | {st['median_launched']:.0f} | "
             f"{st['best_vs_grid_best']:.3f} |"
         )
     lines += [

@@ -41,6 +41,7 @@ StopCheck = Callable[[optuna.Study], "str | None"]
 class Row:
     params: dict[str, Any]
     state: str  # COMPLETE, FAIL (ran and failed: costs its time)
+    fail_reason: str  # the failure class a FAIL row recorded (oom, crash, timeout, ...)
     tokens_per_s: float | None
     duration_s: float  # the trial's wall time, as the sweep recorded it
     result: dict[str, Any]  # what a sweep stores on the trial (the model reads it)
@@ -85,9 +86,9 @@ def load_grid(table: pd.DataFrame, cfg: Loaded, distributions: dict[str, BaseDis
         result = {"config": run.to_dict()}
         if ok:
             result.update(tokens_per_s=tps, step_time_s=float(rec["step_time_s"]))
-        duration = float(rec["duration_s"])
+        why = "" if ok else str(rec.get("fail_reason") or "unmeasured")
         rows[space_mod.layout_key(cfg.run, params)] = Row(
-            params, "COMPLETE" if ok else "FAIL", tps, duration, result
+            params, "COMPLETE" if ok else "FAIL", why, tps, float(rec["duration_s"]), result
         )
     return Grid(cfg, dict(distributions), rows)
 
@@ -109,7 +110,7 @@ def _record(study: optuna.Study, trial: optuna.Trial, row: Row) -> None:
     trial.set_user_attr(RESULT_ATTR, row.result)
     trial.set_user_attr("duration_s", row.duration_s)
     if row.tokens_per_s is None:
-        trial.set_user_attr("fail_reason", "crash")
+        trial.set_user_attr("fail_reason", row.fail_reason)
         tell(study, trial, state=TrialState.FAIL)
     else:
         tell(study, trial, [row.tokens_per_s])
@@ -195,9 +196,11 @@ def summary(grid: Grid, replays: list[Replay]) -> dict[str, Any]:
     return {
         "seeds": len(replays),
         "found": sum(r.found_s is not None for r in replays),
+        "min_fraction": min(fractions),
         "median_fraction": quantile(fractions, 0.5),
         "p90_fraction": quantile(fractions, 0.9),
         "median_launched": quantile([r.launched for r in replays], 0.5),
+        "max_fraction": max(fractions),
         "best_vs_grid_best": quantile([r.best / grid.best for r in replays], 0.5),
         "stopped": sorted({r.stopped for r in replays if r.stopped != "found"}),
         "fractions": fractions,
