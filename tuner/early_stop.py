@@ -27,7 +27,6 @@ from optuna.trial import FrozenTrial, TrialState
 from engine.config import RunConfig
 from engine.metrics.stats import MedianCI, median_ci
 from engine.progress_log import step_times
-from engine.results import timed_steps, tokens_per_step
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +119,10 @@ class Watch:
 
     def poll_for(self, cfg: RunConfig, run_dir: Path) -> Callable[[], bool]:
         """The launcher's ``poll`` for one launch of ``cfg`` reporting into ``run_dir``."""
+        # here, not at the top: engine.results loads torch, which readers of a study
+        # (tuner.study imports this module for its pruner) do without
+        from engine.results import timed_steps, tokens_per_step
+
         timed = set(timed_steps(cfg)[0])
         tokens = tokens_per_step(cfg)
         seen = self._seen.setdefault(run_dir, set())

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import optuna
 import pytest
 from optuna.pruners import NopPruner
 
 from engine.config import ConfigError, RunConfig
+from engine.launch import POLL_S, launch
 from engine.metrics.stats import median_ci
 from engine.progress_log import ProgressLog, progress_path, step_times
 from engine.results import timed_steps, tokens_per_step
+from tests.helpers import engine_pids
 from tuner.config import load
 from tuner.early_stop import SlowerThanBest, Watch, best_complete, make_pruner, verdict
 
@@ -144,3 +149,21 @@ def test_the_sweep_settings_make_the_study_s_pruner():
 def test_a_bad_min_steps_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"sweep\.early_stop_min_steps"):
         load(["sweep.early_stop_min_steps=0"])
+
+
+def test_the_launcher_ends_every_rank_when_its_poll_says_stop(tmp_path):
+    calls = []
+
+    def poll() -> bool:
+        calls.append(time.monotonic())
+        return len(calls) >= 2
+
+    before = engine_pids()
+    t0 = time.monotonic()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    launched = launch(sleeper, nproc=2, log_dir=tmp_path, timeout_s=60, poll=poll)
+    assert launched.stopped and not launched.timed_out and not launched.ok
+    assert launched.returncodes == [None, None]  # ended by the launcher
+    assert time.monotonic() - t0 < 30 and len(calls) == 2
+    assert calls[1] - calls[0] >= POLL_S * 0.9
+    assert engine_pids() <= before
