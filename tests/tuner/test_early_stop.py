@@ -6,8 +6,10 @@ import sys
 import time
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.pruners import NopPruner
+from optuna.trial import TrialState
 
 from engine.config import ConfigError, RunConfig
 from engine.launch import POLL_S, launch
@@ -15,8 +17,20 @@ from engine.metrics.stats import median_ci
 from engine.progress_log import ProgressLog, progress_path, step_times
 from engine.results import timed_steps, tokens_per_step
 from tests.helpers import engine_pids
+from tests.tuner.report_helpers import _add, _p
 from tuner.config import load
-from tuner.early_stop import SlowerThanBest, Watch, best_complete, make_pruner, verdict
+from tuner.early_stop import (
+    EARLY_STOP,
+    PARTIAL_CI,
+    PARTIAL_STEPS,
+    PARTIAL_TPS,
+    SlowerThanBest,
+    Watch,
+    best_complete,
+    make_pruner,
+    verdict,
+)
+from tuner.report import PARTIAL_COLUMNS, leaderboard, trials_frame
 
 SLOW = [100.0, 104.0, 98.0, 101.0, 99.0]
 
@@ -167,3 +181,27 @@ def test_the_launcher_ends_every_rank_when_its_poll_says_stop(tmp_path):
     assert time.monotonic() - t0 < 30 and len(calls) == 2
     assert calls[1] - calls[0] >= POLL_S * 0.9
     assert engine_pids() <= before
+
+
+def test_the_report_shows_a_trial_stopped_early_with_its_partial_figures():
+    study = optuna.create_study(direction="maximize")
+    _add(study, TrialState.COMPLETE, _p(1, 8), tps=1000.0, tokens_per_s_ci=[950.0, 1050.0])
+    found = verdict(SLOW, best=(0, 1000.0), min_steps=4)
+    ci = found.partial
+    partial = {PARTIAL_STEPS: ci.n, PARTIAL_TPS: ci.median, PARTIAL_CI: [ci.low, ci.high]}
+    early = {"fail_reason": EARLY_STOP, "fail_detail": found.reason, **partial}
+    _add(study, TrialState.PRUNED, _p(2, 1), **early)
+    _add(study, TrialState.PRUNED, _p(4, 8), fail_reason="memory", fail_detail="too big")
+    df = trials_frame(study)
+    assert df[list(PARTIAL_COLUMNS)].iloc[[0, 2]].isna().all().all()
+    assert df.loc[1, list(PARTIAL_COLUMNS)].tolist() == [ci.n, ci.median, ci.low, ci.high]
+    board = leaderboard(df)
+    assert board["number"].tolist() == [0, 1]  # the layout pruned before launch is left out
+    row = board.iloc[1]
+    assert pd.isna(row["rank"]) and row["state"].startswith("PRUNED early, partial figures: ")
+    assert found.reason in row["state"]
+    assert [row["tokens_per_s"], row["tokens_per_s_ci_low"], row["tokens_per_s_ci_high"]] == [
+        ci.median,
+        ci.low,
+        ci.high,
+    ]
