@@ -101,6 +101,17 @@ def applies(enabled: bool, objectives: list[str]) -> bool:
     return enabled and list(objectives) == [OBJECTIVE]
 
 
+def unused(*, enabled: bool, objectives: list[str], launcher: str) -> str | None:
+    """Why early stopping, turned on, does nothing in this sweep (None: it works)."""
+    if not enabled:
+        return None
+    if list(objectives) != [OBJECTIVE]:
+        return f"sweep.early_stop has no effect: it needs sweep.objectives=[{OBJECTIVE}] alone"
+    if launcher != "local":
+        return f"sweep.early_stop has no effect with launcher={launcher}: local launcher only"
+    return None
+
+
 def make_pruner(*, enabled: bool, min_steps: int, objectives: list[str]) -> BasePruner:
     if applies(enabled, objectives):
         return SlowerThanBest(min_steps)

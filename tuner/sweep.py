@@ -201,6 +201,12 @@ def _sweep(
         echo(f"trials run on cores {placement.ranges(cpus)}, GPUs {gpus}")
     if index:
         echo(f"worker {index + 1} on this study; sampler seed {seed}")
+    s = cfg.sweep
+    why = early_stop.unused(
+        enabled=s.early_stop, objectives=s.objectives, launcher=cfg.launcher.name
+    )
+    if why and any(o.startswith("sweep.early_stop=") for o in cfg.overrides):
+        echo(why)  # asked for on the command line: say that it does nothing here
     done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
     if done >= cfg.sweep.n_trials:
         echo(f"{done}/{cfg.sweep.n_trials} trials done; raise sweep.n_trials to add more")
@@ -314,7 +320,9 @@ def _watch(cfg: Loaded, study: optuna.Study, trial: optuna.Trial) -> early_stop.
     """What follows the trial's steps to stop it early (tuner/early_stop.py); the local
     launcher's ranks only, whose progress files this process reads."""
     s = cfg.sweep
-    if cfg.launcher.name != "local" or not early_stop.applies(s.early_stop, s.objectives):
+    if not s.early_stop or early_stop.unused(
+        enabled=True, objectives=s.objectives, launcher=cfg.launcher.name
+    ):
         return None
     return early_stop.Watch(study, trial, min_steps=s.early_stop_min_steps)
 

@@ -28,6 +28,7 @@ from tuner.early_stop import (
     Watch,
     best_complete,
     make_pruner,
+    unused,
     verdict,
 )
 from tuner.report import PARTIAL_COLUMNS, leaderboard, trials_frame
@@ -205,3 +206,14 @@ def test_the_report_shows_a_trial_stopped_early_with_its_partial_figures():
         ci.low,
         ci.high,
     ]
+
+
+def test_says_why_early_stopping_asked_for_does_nothing():
+    def why(**kw):
+        return unused(
+            **{"enabled": True, "objectives": ["tokens_per_s"], "launcher": "local", **kw}
+        )
+
+    assert why() is None and why(enabled=False) is None
+    assert "sweep.objectives=[tokens_per_s]" in why(objectives=["tokens_per_s", "mfu"])
+    assert "launcher=slurm" in why(launcher="slurm")
