@@ -9,7 +9,8 @@ arm: the sweeps' total wall times, the trials stopped early, and the best tokens
     python bench/early_stop.py --rounds 2 [hydra overrides ...]
 
 Writes a Markdown table to bench/results/early_stop.md (and prints it). The default grid of
-8 tiny layouts takes about 8 minutes for two rounds on a 2-core CPU.
+8 tiny layouts, two rounds, is sized for at most about 8 minutes on a quiet 2-core CPU
+(estimated from the tiny model's step times; `--rounds 1` halves it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from measure_overhead import ROOT, publish  # bench/ is the script's own folder
 DEFAULT = [
     "model=tiny",
     "train.global_batch=8",
-    "train.steps=16",  # 2 warmup + 12 timed + 2 profiled: room to stop after 4
+    # 2 warmup + 56 timed + 2 profiled: the steps, not the start-up, make most of a trial's
+    # time, as in a real sweep, and a trial stopped after 4 of them saves most of its steps
+    "train.steps=60",
     "space.parallel.dp=[1,2]",
     "space.train.micro_batch=[1,8]",
     "space.train.precision=[fp32,bf16]",
