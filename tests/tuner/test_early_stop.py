@@ -217,3 +217,14 @@ def test_says_why_early_stopping_asked_for_does_nothing():
     assert why() is None and why(enabled=False) is None
     assert "sweep.objectives=[tokens_per_s]" in why(objectives=["tokens_per_s", "mfu"])
     assert "launcher=slurm" in why(launcher="slurm")
+
+
+def test_a_trial_stopped_early_counts_toward_the_budget_and_is_not_run_again():
+    from tuner.sweep import _counts, _decided
+
+    study = optuna.create_study(direction="maximize")
+    _add(study, TrialState.PRUNED, _p(2, 1), fail_reason=EARLY_STOP, fail_detail="slower")
+    _add(study, TrialState.PRUNED, _p(4, 8), fail_reason="memory", fail_detail="too big")
+    early, infeasible = study.get_trials(deepcopy=False)
+    assert _counts(early) and _decided(early)  # launched, and its layout settled
+    assert not _counts(infeasible) and _decided(infeasible)  # never launched
