@@ -192,6 +192,9 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     peak_flops: float = 0.0  # measure.peak_tflops in FLOP/s (older key; both set must agree)
     out: str = ""  # where rank 0 writes the result JSON ("" = do not write)
+    # folder where each rank appends its step times as it runs (engine.progress_log), for a
+    # launcher that watches the run ("" = none)
+    progress: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

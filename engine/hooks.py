@@ -23,6 +23,7 @@ from engine.metrics.timeline import DATA, STEP, Timeline
 from engine.metrics.timing import Stopwatch
 from engine.parallel.compile import compile_seconds
 from engine.parallelize import Batch
+from engine.progress_log import ProgressLog
 from engine.record import RankRecord, profile_window
 from engine.runtime import DistContext
 from engine.state import gather_full_state
@@ -69,6 +70,7 @@ class Measurement:
         self.step_time = self.data_time = 0.0
         # dynamo's counters are per process: what this run compiles is the difference
         self.compiled_before, self.compiled_at_measure = compile_seconds(), None
+        self.progress = ProgressLog(cfg.progress, rank=ctx.rank)
 
     def __enter__(self) -> Measurement:
         return self
@@ -117,6 +119,7 @@ class Measurement:
         r.grad_norms.append(update.norm.item())
         r.step_times_s.append(self.step_time)
         r.data_times_s.append(self.data_time)
+        self.progress.append(step - r.first_step, self.step_time)  # after the stopwatch
         r.skipped_steps += 0 if update.applied else 1
         if update.diverged:
             r.diverged_at = step
@@ -151,6 +154,7 @@ class Measurement:
             r.inline_delays = self.counter.inline_delays - self.inline_before
 
     def finish(self) -> None:
+        self.progress.close()
         if self.prof is not None:  # left early: close it without using its partial window
             with contextlib.suppress(Exception):
                 self.prof.__exit__(None, None, None)

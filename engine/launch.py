@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 # after one rank fails, give the others this long to notice and exit by themselves
 FAILURE_GRACE_S = 5.0
+# how often ``launch`` calls its ``poll`` while the ranks run
+POLL_S = 0.25
 _PORT_IN_USE = ("address already in use", "eaddrinuse")
 
 
@@ -43,10 +45,11 @@ class LaunchResult:
     # launcher); the order in which ranks failed tells the cause from its consequences
     exit_s: list[float | None] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    stopped: bool = False  # ended by the launcher because ``poll`` asked it to
 
     @property
     def ok(self) -> bool:
-        return not self.timed_out and all(rc == 0 for rc in self.returncodes)
+        return not (self.timed_out or self.stopped) and all(rc == 0 for rc in self.returncodes)
 
     @property
     def first_failed(self) -> int | None:
@@ -131,9 +134,13 @@ def _watch(proc: subprocess.Popen, exited: list[float | None], rank: int, start:
 
 
 def _supervise(
-    procs: list[tuple[subprocess.Popen, Path]], timeout_s: float, start: float
+    procs: list[tuple[subprocess.Popen, Path]],
+    timeout_s: float,
+    start: float,
+    poll: Callable[[], bool] | None = None,
 ) -> tuple[list[int | None], list[float | None], bool]:
-    """Wait for the ranks: (exit codes, seconds to each exit, timed out)."""
+    """Wait for the ranks: (exit codes, seconds to each exit, timed out); ``poll`` returning
+    True ends them as a timeout does."""
     exited: list[float | None] = [None] * len(procs)
     for rank, (p, _) in enumerate(procs):
         threading.Thread(target=_watch, args=(p, exited, rank, start), daemon=True).start()
@@ -144,6 +151,7 @@ def _supervise(
         return [p.returncode if t is not None else None for (p, _), t in zip(procs, times)], times
 
     failed_at: float | None = None
+    polled = start
     try:
         while True:
             codes, times = seen()
@@ -153,7 +161,14 @@ def _supervise(
             if failed_at is None and any(c not in (None, 0) for c in codes):
                 failed_at = now
             timed_out = now - start > timeout_s
-            if timed_out or (failed_at is not None and now - failed_at > FAILURE_GRACE_S):
+            stopped = False
+            if poll is not None and now - polled >= POLL_S:
+                polled, stopped = now, poll()
+            if (
+                timed_out
+                or stopped
+                or (failed_at is not None and now - failed_at > FAILURE_GRACE_S)
+            ):
                 for p, _ in procs:
                     _kill(p)
                 # ranks the launcher had to kill report None: they did not end by themselves
@@ -173,21 +188,43 @@ def _port_clash(paths: list[Path]) -> bool:
     return False
 
 
+class _Poll:
+    """A caller's ``poll``, remembering whether it asked to stop."""
+
+    def __init__(self, poll: Callable[[], bool]) -> None:
+        self._poll, self.stopped = poll, False
+
+    def poll(self) -> bool:
+        self.stopped = self.stopped or bool(self._poll())
+        return self.stopped
+
+
 def launch(
-    cmd: Sequence[str], *, nproc: int, log_dir: str | Path, timeout_s: float, attempts: int = 3
+    cmd: Sequence[str],
+    *,
+    nproc: int,
+    log_dir: str | Path,
+    timeout_s: float,
+    attempts: int = 3,
+    poll: Callable[[], bool] | None = None,
 ) -> LaunchResult:
-    """Run ``cmd`` as ``nproc`` ranks; logs go to ``log_dir/rank<i>.log``."""
+    """Run ``cmd`` as ``nproc`` ranks; logs go to ``log_dir/rank<i>.log``. ``poll``: called
+    every POLL_S seconds while they run; when it returns True the ranks are ended."""
     if nproc < 1:
         raise ValueError(f"`nproc` must be >= 1, but got {nproc}.")
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
+    watch = _Poll(poll) if poll is not None else None
     t0 = time.monotonic()
     for attempt in range(attempts):
         started = time.monotonic()
         procs = start_ranks(cmd, nproc, free_port(), log_dir)
-        codes, times, timed_out = _supervise(procs, timeout_s - (started - t0), started)
+        codes, times, timed_out = _supervise(
+            procs, timeout_s - (started - t0), started, watch.poll if watch else None
+        )
+        stopped = watch is not None and watch.stopped
         paths = [path for _, path in procs]
-        if timed_out or all(c == 0 for c in codes) or not _port_clash(paths):
+        if timed_out or stopped or all(c == 0 for c in codes) or not _port_clash(paths):
             break
         log.warning("rendezvous port was taken; retrying (%d/%d)", attempt + 2, attempts)
     return LaunchResult(
@@ -197,6 +234,7 @@ def launch(
         paths,
         exit_s=times,
         pids=[p.pid for p, _ in procs],
+        stopped=stopped,
     )
 
 

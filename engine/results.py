@@ -48,6 +48,11 @@ def timed_steps(cfg: RunConfig, first_step: int = 0) -> tuple[list[int], bool]:
     return list(range(warm, cfg.train.steps - first_step)), True
 
 
+def tokens_per_step(cfg: RunConfig) -> int:
+    """Tokens one step trains: the whole global batch (throughput counts all of it)."""
+    return cfg.train.global_batch * cfg.model.seq_len
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -161,7 +166,7 @@ def build_result(
     losses = [_mean([r.losses[s] for r in with_loss]) for s in range(n_steps)]
     step_times = [max(r.step_times_s[s] for r in records) for s in range(n_steps)]
     diverged = [r.diverged_at for r in records if r.diverged_at is not None]
-    tokens_per_step = cfg.train.global_batch * cfg.model.seq_len
+    n_tokens = tokens_per_step(cfg)
     fpt = flops_per_token(cfg.model)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -176,7 +181,7 @@ def build_result(
         "flops_per_token": fpt,
         "model_notes": formula_notes(cfg.model),
         "world_size": cfg.parallel.n_ranks,
-        "tokens_per_step": tokens_per_step,
+        "tokens_per_step": n_tokens,
         "device": device.type,
         "backend": "nccl" if device.type == "cuda" else "gloo",
         "torch_version": torch.__version__,
@@ -189,8 +194,8 @@ def build_result(
 
     steps, with_profiler = timed_steps(cfg, records[0].first_step)
     time_spread = Spread.of([step_times[s] for s in steps])
-    tps = Spread.of([tokens_per_step / step_times[s] for s in steps])
-    ci = median_ci([tokens_per_step / step_times[s] for s in steps])
+    tps = Spread.of([n_tokens / step_times[s] for s in steps])
+    ci = median_ci([n_tokens / step_times[s] for s in steps])
     comm = _comm_average(records)
     if comm["kinds"] is not None:
         add_bandwidth(comm["kinds"], group_size(cfg))

@@ -218,6 +218,7 @@ RUN_RULES: dict[str, Rule] = {
     "device": Rule("choice", choices=DEVICES),
     "peak_flops": Rule("float", 0, 1e21, what=_PEAK.format("1e21 (FLOP/s)")),
     "out": Rule("str"),
+    "progress": Rule("str"),
 }
 # betas are exclusive at 1 (Adam divides by 1 - beta**t); the table's ranges are inclusive
 _BETA_MAX = 1 - 1e-12

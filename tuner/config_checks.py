@@ -44,6 +44,8 @@ TUNER_RULES: dict[str, Rule] = {
     "sweep.confirm_top": Rule("int", 0, 100),
     "sweep.confirm_rounds": Rule("int", 1, 100),
     "sweep.heartbeat_s": Rule("int", 0, 86400),
+    "sweep.early_stop": Rule("bool"),
+    "sweep.early_stop_min_steps": Rule("int", 1, 10**6),
     "launcher.timeout_s": Rule("float", 0, 10**7, low_open=True),
     "launcher.max_ranks": Rule("int", 1, 2**20),
     "launcher.mem_limit_gib": Rule("float", 0, 2**30),

@@ -21,6 +21,7 @@ from engine.launch import engine_command, launch
 from engine.repeats import merge as merge_repeats
 from engine.results import write_json_atomic
 from tuner.config import LauncherConfig
+from tuner.early_stop import EARLY_STOP, Verdict, Watch
 from tuner.failures import classify
 from tuner.launcher_checks import ranks_per_node
 from tuner.slurm import launch_step
@@ -40,6 +41,7 @@ class TrialOutcome:
     log_dir: Path = field(default_factory=Path)
     wall_s: float = 0.0
     returncodes: list[int | None] = field(default_factory=list)
+    early_stop: Verdict | None = None  # why the tuner ended it early (tuner/early_stop.py)
 
 
 def check_machine(cfg: RunConfig, launcher: LauncherConfig) -> None:
@@ -63,13 +65,15 @@ def check_machine(cfg: RunConfig, launcher: LauncherConfig) -> None:
         )
 
 
-def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> TrialOutcome:
+def _launch_once(
+    cfg: RunConfig, run_dir: Path, launcher: LauncherConfig, watch: Watch | None = None
+) -> TrialOutcome:
     run_dir.mkdir(parents=True, exist_ok=True)
     if launcher.name != "local":  # other nodes see the trial's files by absolute paths only
         run_dir = run_dir.resolve()
     result_path = run_dir / "result.json"
     result_path.unlink(missing_ok=True)
-    cfg = RunConfig.from_dict({**cfg.to_dict(), "out": str(result_path)})
+    cfg = RunConfig.from_dict({**cfg.to_dict(), "out": str(result_path), "progress": str(run_dir)})
     config_path = run_dir / "config.json"
     write_json_atomic(config_path, cfg.to_dict())
     cause = None  # a node's failure that explains its ranks' (multi-node launchers)
@@ -83,7 +87,19 @@ def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> Tri
             nproc=cfg.parallel.n_ranks,
             log_dir=run_dir,
             timeout_s=launcher.timeout_s,
+            poll=watch.poll_for(cfg, run_dir) if watch is not None else None,
         )
+        if launched.stopped and watch is not None and watch.verdict is not None:
+            return TrialOutcome(
+                ok=False,
+                result=None,
+                reason=EARLY_STOP,
+                detail=watch.verdict.reason,
+                log_dir=run_dir,
+                wall_s=launched.wall_s,
+                returncodes=launched.returncodes,
+                early_stop=watch.verdict,
+            )
     result = json.loads(result_path.read_text()) if result_path.exists() else None
     verdict = classify(launched, result)
     if cause is not None and verdict.reason == "crash":
@@ -106,15 +122,18 @@ def _launch_once(cfg: RunConfig, run_dir: Path, launcher: LauncherConfig) -> Tri
     )
 
 
-def run_trial(cfg: RunConfig, *, trial_dir: Path, launcher: LauncherConfig) -> TrialOutcome:
+def run_trial(
+    cfg: RunConfig, *, trial_dir: Path, launcher: LauncherConfig, watch: Watch | None = None
+) -> TrialOutcome:
     """Run the configuration ``measure.repeats`` times (independent launches, each in its own
     folder when more than one) and merge the results. Never raises for a bad run: the first
-    failed repeat is the trial's outcome."""
+    failed repeat is the trial's outcome. ``watch``: follows the local launcher's ranks and
+    may end the trial early (tuner/early_stop.py)."""
     repeats = cfg.measure.repeats
     outcomes = []
     for r in range(repeats):
         run_dir = trial_dir if repeats == 1 else trial_dir / f"repeat{r}"
-        outcome = _launch_once(cfg, run_dir, launcher)
+        outcome = _launch_once(cfg, run_dir, launcher, watch)
         outcomes.append(outcome)
         if not outcome.ok:
             outcome.wall_s = sum(o.wall_s for o in outcomes)

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import RunConfig
+from tuner.early_stop import EARLY_STOP
 from tuner.layout_name import layout_name, trial_config
 
 WIDTH = 120
@@ -151,6 +152,15 @@ class Progress:
         )
 
 
+def _stopped_early(df) -> list[str]:
+    """How many trials early stopping ended (tuner/early_stop.py), as a line; none: no line."""
+    n = int((df["fail_reason"] == EARLY_STOP).sum()) if not df.empty else 0
+    if not n:
+        return []
+    trials = "trial" if n == 1 else "trials"
+    return [f"{n} {trials} stopped early, slower than the best (partial figures in the report)"]
+
+
 def final_lines(study: optuna.Study, sweep_dir: Path) -> list[str]:
     """The sweep's last words: the top layouts with their intervals (the ones the
     measurements cannot tell from the best marked) and the commands that reproduce the best."""
@@ -163,10 +173,12 @@ def final_lines(study: optuna.Study, sweep_dir: Path) -> list[str]:
     summary = data.summarize(study, df)
     board = leaderboard(df, metric=summary.best_metric, maximize=summary.best_maximize)
     best = top(board, TOP)
+    early = _stopped_early(df)
     if best.empty:
-        return ["no layout completed: see the report's failed trials"]
+        return [*early, "no layout completed: see the report's failed trials"]
     n = int(board["rank"].notna().sum())
-    lines = [f"top {len(best)} of {n} measured layouts (median tokens/s [interval] (coverage)):"]
+    lines = early
+    lines += [f"top {len(best)} of {n} measured layouts (median tokens/s [interval] (coverage)):"]
     for _, row in best.iterrows():
         tie = "  ≈ best" if row["tied_with_best"] else ""
         text = f"  {int(row['rank'])}. {row['layout']}  {interval_text(row)}{tie}"

@@ -18,8 +18,9 @@ from hydra.core.config_store import ConfigStore
 from engine.config import AC_MODES, PP_SCHEDULES, ZERO_STAGES, RunConfig
 from engine.validate_values import flatten
 
-# RunConfig fields the launcher sets, not the user: where rank 0 writes its result
-LAUNCHER_SET = ("out",)
+# RunConfig fields the launcher sets, not the user: where rank 0 writes its result, where the
+# ranks report their step times
+LAUNCHER_SET = ("out", "progress")
 # run sections: the part of the composed config that becomes the engine's RunConfig
 RUN_SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in LAUNCHER_SET)
 OBJECTIVES = {  # metric -> direction
@@ -54,6 +55,11 @@ class SweepConfig:
     # seconds between a running trial's heartbeats (RDB storages; 0 = none): a trial silent for
     # 3 beats lost its worker, and is failed and queued again by the other workers
     heartbeat_s: int = 30
+    # stop a trial once, after early_stop_min_steps timed steps, the optimistic end of its
+    # tokens/s interval is below the best completed trial's median (tuner/early_stop.py;
+    # single objective tokens_per_s, local launcher)
+    early_stop: bool = True
+    early_stop_min_steps: int = 4
 
 
 @dataclass

@@ -202,6 +202,7 @@ def _normalised(base: RunConfig, params: dict[str, Any]) -> dict[str, Any] | Non
     if p["pp"] == 1:
         p["pp_schedule"] = ""
     data["out"], data["debug"]["dump_params"] = "", ""
+    data.pop("progress")  # where a launch reports, not what it runs (keys of older studies)
     return data
 
 

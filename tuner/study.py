@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial
 from engine.config import ConfigError
 from engine.result_schema import from_columns
 from tuner.config import OBJECTIVES, Loaded
+from tuner.early_stop import make_pruner
 from tuner.machine import Machine, describe_record, now_iso
 from tuner.machine import current as current_machine
 from tuner.outputs import OutputError, check_rdb_url, open_storage
@@ -75,6 +76,7 @@ def fixed_settings(cfg: Loaded, searched: list[str]) -> dict[str, Any]:
     """The run settings a sweep holds fixed: the base config without the searched keys."""
     data = cfg.run.to_dict()
     data.pop("out", None)
+    data.pop("progress", None)
     for key in searched:
         node = data
         *parents, leaf = key.split(".")
@@ -112,6 +114,11 @@ def open_study(
         study_name=cfg.sweep.name,
         storage=storage_for(cfg, heartbeat=True),
         sampler=make_sampler(cfg),
+        pruner=make_pruner(
+            enabled=cfg.sweep.early_stop,
+            min_steps=cfg.sweep.early_stop_min_steps,
+            objectives=list(cfg.sweep.objectives),
+        ),
         directions=[OBJECTIVES[o] for o in cfg.sweep.objectives],
         load_if_exists=True,
     )

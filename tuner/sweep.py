@@ -14,7 +14,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError
-from tuner import guided_sweep, heartbeat, placement, workers
+from tuner import early_stop, guided_sweep, heartbeat, placement, workers
 from tuner import space as space_mod
 from tuner.config import Loaded, replace_keys
 from tuner.confirm import confirm
@@ -67,8 +67,9 @@ def _decided(t: FrozenTrial) -> bool:
 
 
 def _counts(t: FrozenTrial) -> bool:
-    """Trials that count toward sweep.n_trials: launched ones (pruned layouts cost nothing)."""
-    return _decided(t) and t.state != TrialState.PRUNED
+    """Trials that count toward sweep.n_trials: launched ones (pruned layouts cost nothing;
+    those stopped early were launched)."""
+    return _decided(t) and (t.state != TrialState.PRUNED or early_stop.stopped_early(t))
 
 
 def _earlier_same(study: optuna.Study, key: str, number: int) -> FrozenTrial | None:
@@ -84,6 +85,10 @@ def _finish(
 ) -> str:
     trial.set_user_attr("log_dir", str(outcome.log_dir.resolve()))
     trial.set_user_attr("duration_s", outcome.wall_s)
+    if outcome.early_stop is not None:
+        status = early_stop.keep_partial(trial, outcome.early_stop)
+        tell(study, trial, state=TrialState.PRUNED)
+        return status
     if outcome.result is not None and "timed_steps" in outcome.result:  # not a diverged run
         trial.set_user_attr("overhead_s", overhead_s(outcome.result, outcome.wall_s))
     if outcome.result is not None:
@@ -196,6 +201,12 @@ def _sweep(
         echo(f"trials run on cores {placement.ranges(cpus)}, GPUs {gpus}")
     if index:
         echo(f"worker {index + 1} on this study; sampler seed {seed}")
+    s = cfg.sweep
+    why = early_stop.unused(
+        enabled=s.early_stop, objectives=s.objectives, launcher=cfg.launcher.name
+    )
+    if why and any(o.startswith("sweep.early_stop=") for o in cfg.overrides):
+        echo(why)  # asked for on the command line: say that it does nothing here
     done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
     if done >= cfg.sweep.n_trials:
         echo(f"{done}/{cfg.sweep.n_trials} trials done; raise sweep.n_trials to add more")
@@ -278,7 +289,9 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
     try:
         gpus = run_cfg.parallel.n_ranks if uses_cuda(run_cfg) else 0
         with placement.holding_gpus(cfg, gpus, what=f"trial {trial.number}"):
-            outcome = run_trial(run_cfg, trial_dir=trial_dir, launcher=cfg.launcher)
+            outcome = run_trial(
+                run_cfg, trial_dir=trial_dir, launcher=cfg.launcher, watch=_watch(cfg, study, trial)
+            )
     except KeyboardInterrupt:
         trial.set_user_attr("fail_reason", "interrupted")
         trial.set_user_attr("fail_detail", f"interrupted after {time.monotonic() - t0:.1f}s")
@@ -301,6 +314,17 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
     if outcome.reason == "oom":
         outcome.detail += " " + after_oom(study, run_cfg, cfg.launcher, margin)
     return _finish(study, trial, outcome, cfg.sweep.objectives)
+
+
+def _watch(cfg: Loaded, study: optuna.Study, trial: optuna.Trial) -> early_stop.Watch | None:
+    """What follows the trial's steps to stop it early (tuner/early_stop.py); the local
+    launcher's ranks only, whose progress files this process reads."""
+    s = cfg.sweep
+    if not s.early_stop or early_stop.unused(
+        enabled=True, objectives=s.objectives, launcher=cfg.launcher.name
+    ):
+        return None
+    return early_stop.Watch(study, trial, min_steps=s.early_stop_min_steps)
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, detail: str) -> None:

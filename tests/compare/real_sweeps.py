@@ -19,6 +19,7 @@ SPACE = (
     "sampler=bruteforce",
     "sweep.n_trials=4",
     "train.steps=8",
+    "sweep.early_stop=false",  # every layout measured whole
 )
 
 

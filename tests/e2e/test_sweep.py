@@ -154,6 +154,7 @@ def test_interrupted_sweep_resumes_and_reruns_the_interrupted_trial(tmp_path):
         "sweep.name=intr",
         "sweep.n_trials=2",
         "train.steps=30",
+        "sweep.early_stop=false",  # both trials complete
     ]
     # Ctrl-C as a terminal delivers it, even where this test runs in the background (a shell
     # starts background jobs with SIGINT ignored, which the sweep would inherit)

@@ -75,7 +75,10 @@ def test_sampler_arguments_are_checked_by_creating_the_sampler():
 
 
 def test_run_sections_and_their_defaults_come_from_the_engine():
-    assert set(RUN_SECTIONS) == {f.name for f in dataclasses.fields(RunConfig)} - {"out"}
+    assert set(RUN_SECTIONS) == {f.name for f in dataclasses.fields(RunConfig)} - {
+        "out",
+        "progress",
+    }
     schema = TunerConfig()
     assert all(getattr(schema, name) == getattr(RunConfig(), name) for name in RUN_SECTIONS)
     # conf/config.yaml and the tiny preset change only the step count of the engine's defaults

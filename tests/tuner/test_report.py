@@ -17,6 +17,7 @@ from tests.tuner.report_helpers import BASE, DISTS, OOM_DETAIL
 from tuner.report import (
     METRIC_COLUMNS,
     NOTE_COLUMNS,
+    PARTIAL_COLUMNS,
     best_trial,
     failure_table,
     param_columns,
@@ -45,6 +46,7 @@ def test_trials_frame_columns_and_values(study: optuna.Study) -> None:
         *params,
         *METRIC_COLUMNS,
         *NOTE_COLUMNS,
+        *PARTIAL_COLUMNS,
         "duration_s",
         "overhead_s",
         "log_dir",

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Settings that name a trial's own files, not what it runs.
-_PER_TRIAL = ("out", "checkpoint.dir", "debug.dump_params")
+_PER_TRIAL = ("out", "progress", "checkpoint.dir", "debug.dump_params")
 
 
 def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -22,7 +22,13 @@ from tuner.report.data import (
 )
 from tuner.report.export_best import best_config, write_best
 from tuner.report.figures import throughput_by_trial, throughput_vs_memory
-from tuner.report.frame import METRIC_COLUMNS, NOTE_COLUMNS, param_columns, trials_frame
+from tuner.report.frame import (
+    METRIC_COLUMNS,
+    NOTE_COLUMNS,
+    PARTIAL_COLUMNS,
+    param_columns,
+    trials_frame,
+)
 from tuner.report.frameworks import deepspeed_config, torchtitan_config
 from tuner.report.html import render_report, write_report
 from tuner.report.knobs import convergence, importances, knob_effects
@@ -31,6 +37,7 @@ from tuner.report.leaderboard import exposed_share, interval_text, leaderboard
 __all__ = [
     "METRIC_COLUMNS",
     "NOTE_COLUMNS",
+    "PARTIAL_COLUMNS",
     "SweepSummary",
     "best_config",
     "best_trial",

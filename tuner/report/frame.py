@@ -17,12 +17,13 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from engine import result_schema
+from tuner import early_stop
 from tuner.layout_name import trial_names
 from tuner.placement import CORES_ATTR, LOAD_ATTR, busy
 from tuner.study import WORKER_ATTR, stored_result, worker_alive
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     import optuna
 
@@ -46,7 +47,15 @@ LEAD_COLUMNS: tuple[str, ...] = (
 #: columns (what the memory prediction was compared with, whether the timed steps ran under
 #: the profiler, and why a blank figure is blank).
 NOTE_COLUMNS: tuple[str, ...] = ("machine", LOAD_ATTR, "busy", *(c.name for c in _NOTES))
-TAIL_COLUMNS: tuple[str, ...] = ("duration_s", "overhead_s", "log_dir")
+#: A trial stopped early (tuner/early_stop.py): its timed steps before it was stopped, and
+#: the median tokens/s over them with its interval; blank for every other trial.
+PARTIAL_COLUMNS: tuple[str, ...] = (
+    "partial_steps",
+    "partial_tokens_per_s",
+    "partial_tokens_per_s_ci_low",
+    "partial_tokens_per_s_ci_high",
+)
+TAIL_COLUMNS: tuple[str, ...] = (*PARTIAL_COLUMNS, "duration_s", "overhead_s", "log_dir")
 #: A RUNNING trial whose worker on this host has died: shown, not changed (reporting is
 #: read-only; the next sweep run with the same sweep.name fails and requeues it).
 DEAD_WORKER_STATE = "RUNNING (worker dead)"
@@ -149,10 +158,26 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     columns["busy"] = pd.Series(busy_at_start, dtype="boolean")
     for col in _NOTES:
         columns[col.name] = _note(col, [col.read(r) for r in results])
+    columns.update(_partial(attr))
     columns["duration_s"] = _column(attr("duration_s"), numeric=True).astype("float64")
     columns["overhead_s"] = _column(attr("overhead_s"), numeric=True).astype("float64")
     columns["log_dir"] = _column(attr("log_dir"), numeric=False)
     return pd.DataFrame(columns)
+
+
+def _partial(attr: Callable[[str], list[Any]]) -> dict[str, pd.Series]:
+    """The partial figures of trials stopped early (tuner.early_stop's attributes)."""
+    ci = [v if v else [None, None] for v in attr(early_stop.PARTIAL_CI)]
+    values = [
+        attr(early_stop.PARTIAL_STEPS),
+        attr(early_stop.PARTIAL_TPS),
+        [low for low, _ in ci],
+        [high for _, high in ci],
+    ]
+    return {
+        name: _column(v, numeric=True, name=name)
+        for name, v in zip(PARTIAL_COLUMNS, values, strict=True)
+    }
 
 
 def _dead_worker(trial: FrozenTrial) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tuner.early_stop import EARLY_STOP
 from tuner.report.data import indistinguishable_from
 
 #: The leaderboard's columns, units in the names (``_pct``: per cent; ``_share``: 0..1).
@@ -28,8 +29,15 @@ COLUMNS: tuple[str, ...] = (
     "state",
     "tied_with_best",
 )
-# trials that ran nothing of their own: repeats and layouts the sweep never launched
+# trials that ran nothing of their own: repeats and layouts the sweep never launched (those
+# stopped early were launched: shown with their partial figures)
 _SKIPPED = ("PRUNED",)
+# a trial stopped early shows its partial figures in the throughput columns
+_PARTIAL = {
+    "tokens_per_s": "partial_tokens_per_s",
+    "tokens_per_s_ci_low": "partial_tokens_per_s_ci_low",
+    "tokens_per_s_ci_high": "partial_tokens_per_s_ci_high",
+}
 
 
 def exposed_share(df: pd.DataFrame) -> pd.Series:
@@ -41,6 +49,8 @@ def exposed_share(df: pd.DataFrame) -> pd.Series:
 
 def _state(row: pd.Series) -> str:
     reason = row["fail_reason"]
+    if reason == EARLY_STOP:
+        return f"PRUNED early, partial figures: {row['fail_detail']}"
     return str(row["state"]) if pd.isna(reason) else f"{row['state']} ({reason})"
 
 
@@ -49,7 +59,8 @@ def leaderboard(
 ) -> pd.DataFrame:
     """One row per launched layout (repeats and pruned layouts left out): the COMPLETE ones
     ranked by ``metric``, then those that failed or still run, by trial number, unranked."""
-    own = df[df["duplicate_of"].isna() & ~df["state"].isin(_SKIPPED)]
+    early = df["fail_reason"] == EARLY_STOP
+    own = df[df["duplicate_of"].isna() & (~df["state"].isin(_SKIPPED) | early)]
     done = own[(own["state"] == "COMPLETE") & own[metric].notna()]
     done = done.sort_values([metric, "number"], ascending=[not maximize, True], kind="stable")
     rest = own.drop(index=done.index).sort_values("number", kind="stable")
@@ -62,7 +73,10 @@ def leaderboard(
         }
     )
     for col in COLUMNS[3:7]:  # throughput, its interval and the interval's coverage
-        out[col] = rows[col].to_numpy(dtype="float64", na_value=np.nan)
+        values = rows[col].astype("float64")
+        if col in _PARTIAL and _PARTIAL[col] in rows:
+            values = values.fillna(rows[_PARTIAL[col]].astype("float64"))
+        out[col] = values.to_numpy(dtype="float64", na_value=np.nan)
     best_tps = out["tokens_per_s"].iloc[0] if len(done) else np.nan
     out["pct_of_best"] = 100 * out["tokens_per_s"] / best_tps
     out["peak_mem_bytes"] = rows["peak_mem_bytes"].to_numpy(dtype="float64", na_value=np.nan)

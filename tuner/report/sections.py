@@ -11,7 +11,7 @@ import pandas as pd
 from engine.units import MIB
 from tuner.report import figures_knobs, knobs
 from tuner.report.figures import figure_html
-from tuner.report.frame import LEAD_COLUMNS, METRIC_COLUMNS, param_columns
+from tuner.report.frame import LEAD_COLUMNS, METRIC_COLUMNS, PARTIAL_COLUMNS, param_columns
 from tuner.report.leaderboard import interval_text
 
 if TYPE_CHECKING:
@@ -115,7 +115,10 @@ def topic_groups(df: pd.DataFrame) -> dict[str, list[str]]:
         return lambda c: c.startswith(prefixes)
 
     rules: list[tuple[str, Callable[[str], bool]]] = [
-        ("Throughput and time", starts("tokens_per_s", "step_time", "mfu", "hfu", "flops")),
+        (
+            "Throughput and time",
+            starts("tokens_per_s", "step_time", "mfu", "hfu", "flops", "partial_"),
+        ),
         ("Memory", starts("peak_mem", "tensor_peak", "predicted_peak", "mem_")),
         ("Communication", starts("comm_")),
         ("Step-time breakdown", starts("breakdown_")),
@@ -124,7 +127,7 @@ def topic_groups(df: pd.DataFrame) -> dict[str, list[str]]:
     groups["Searched parameters"] = param_columns(df)
     taken = set(groups["Trial"]) | set(groups["Searched parameters"])
     for name, rule in rules:
-        groups[name] = [c for c in METRIC_COLUMNS if rule(c)]
+        groups[name] = [c for c in (*METRIC_COLUMNS, *PARTIAL_COLUMNS) if rule(c)]
         taken |= set(groups[name])
     rest = [c for c in df.columns if c not in taken]
     groups["Run, notes and logs"] = rest
