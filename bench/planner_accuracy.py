@@ -64,6 +64,7 @@ def _sweep(name: str, world: int, trials: int, seed: int, cwd: Path, model: list
         f"sweep.n_trials={trials}",
         f"sweep.seed={seed}",
         "sampler=random",
+        "sweep.early_stop=false",  # every layout measured to the end, slow ones included
         cwd=cwd,
     )
 

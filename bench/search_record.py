@@ -103,7 +103,13 @@ def record(
     cfg = load(overrides)
     n = len(runnable_layouts(cfg))
     k = min(limit, n) if limit else n
-    extra = ["sampler=random", f"sweep.seed_from_plan={k}", f"sweep.n_trials={k}"]
+    # every layout measured to the end: the replay needs each one's full figures and time
+    extra = [
+        "sampler=random",
+        f"sweep.seed_from_plan={k}",
+        f"sweep.n_trials={k}",
+        "sweep.early_stop=false",
+    ]
     run = tuner_sweep(name, [*overrides, *extra], work=work)
     cfg, study = load_study(name, overrides, work=work)
     table = measured_table(cfg, study)
