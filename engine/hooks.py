@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from engine.checkpoint import Checkpointer
 from engine.config import ConfigError, DebugConfig, RunConfig
 from engine.metrics import comm
 from engine.metrics.memory import PeakMemory, live_tensor_bytes, window_peak_bytes
+from engine.metrics.profiler_events import read_events
 from engine.metrics.timeline import DATA, STEP, Timeline
 from engine.metrics.timing import Stopwatch
 from engine.parallel.compile import compile_seconds
@@ -142,7 +142,7 @@ class Measurement:
         prof, r, n = self.prof, self.record, end - start
         prof.__exit__(None, None, None)
         self.prof, self.marks.active = None, False
-        _read_profile(r, prof.events(), n_steps=n)
+        _read_profile(r, read_events(prof), n_steps=n)
         if self.device.type == "cpu" and (peak := window_peak_bytes(prof)) is not None:
             r.tensor_peak_bytes = self.live_at_start + peak
         if self.counter is not None:
@@ -176,6 +176,9 @@ class Checkpointing:
     def __init__(self, cfg: RunConfig, trainer: TrainStep, record: RankRecord, *, rank: int):
         self.every, self.record, self.saver = cfg.checkpoint.every, record, None
         if cfg.checkpoint.dir:
+            # distributed checkpointing's modules load only for runs that save (a quarter second)
+            from engine.checkpoint import Checkpointer
+
             self.saver = Checkpointer(
                 cfg, trainer.modules, trainer.optimizer, trainer.precision, rank=rank
             )
