@@ -27,6 +27,7 @@ from engine.record import RankRecord, profile_window
 from engine.runtime import DistContext
 from engine.state import gather_full_state
 from engine.step import TrainStep, Update
+from engine.timed_stop import TimedStop
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,17 @@ class Measurement:
     step and its data loading. Use ``step`` around a step, ``data`` around its data loading,
     then ``note`` its outcome and ``after`` it; ``finish`` (or leaving the ``with``) closes."""
 
-    def __init__(self, cfg: RunConfig, ctx: DistContext, trainer: TrainStep, record: RankRecord):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ctx: DistContext,
+        trainer: TrainStep,
+        record: RankRecord,
+        stop: TimedStop | None = None,
+    ):
         self.cfg, self.device, self.record = cfg, ctx.device, record
+        self.stop = stop  # measure.target_ci: may end the timed steps early (the runner's loop)
+        self.end = cfg.train.steps  # the step the run ends before
         self.trainer, self.marks, self.counter = trainer, trainer.stepper.phases, ctx.call_counter
         self.memory = PeakMemory(self.device)
         self.watch, self.data_watch = Stopwatch(self.device), Stopwatch(self.device)
@@ -137,6 +147,11 @@ class Measurement:
     def after(self, step: int) -> None:
         """Close the profiler after the window's last step and read what it saw."""
         start, end = self.window
+        if self.prof is None and step + 1 < start and self.stop is not None:
+            if self.stop.done(step, self.step_time):  # measured enough: profile next, then end
+                n = end - start
+                self.window, self.end = (step + 1, step + 1 + n), step + 1 + n
+            return
         if self.prof is None or step != end - 1:
             return
         prof, r, n = self.prof, self.record, end - start
@@ -149,6 +164,10 @@ class Measurement:
             calls = self.counter.snapshot() - self.calls_before
             r.comm_calls = {k: v / n for k, v in calls.items()}
             r.inline_delays = self.counter.inline_delays - self.inline_before
+
+    def ended(self, step: int) -> bool:
+        """Whether ``step`` was the run's last (earlier than train.steps with target_ci)."""
+        return step + 1 >= self.end
 
     def finish(self) -> None:
         if self.prof is not None:  # left early: close it without using its partial window
