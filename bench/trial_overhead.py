@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["model=tiny", "parallel.dp=2", "device=cpu"]
-PARTS = ("overhead_s", "warmup_s", "profiled_s", "other_s", "timed_s", "wall_s")
+PARTS = ("overhead_s", "warmup_s", "profiled_s", "other_s", "timed_s", "wall_s", "ranks_cpu_s")
 
 
 def one_trial(overrides: list[str], trial_dir: Path) -> dict[str, float]:
@@ -36,6 +37,7 @@ def one_trial(overrides: list[str], trial_dir: Path) -> dict[str, float]:
     from tuner.sweep import overhead_s
 
     cfg = load(overrides)
+    cpu_before = _children_cpu_s()
     outcome = run_trial(cfg.run, trial_dir=trial_dir, launcher=cfg.launcher)
     if not outcome.ok:
         raise SystemExit(f"trial failed ({outcome.reason}): {outcome.detail}")
@@ -51,7 +53,15 @@ def one_trial(overrides: list[str], trial_dir: Path) -> dict[str, float]:
         "profiled_s": sum(times[i] for i in after),
     }
     parts["other_s"] = parts["overhead_s"] - parts["warmup_s"] - parts["profiled_s"]
+    parts["ranks_cpu_s"] = _children_cpu_s() - cpu_before
     return parts | {"n_timed": len(timed)}
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's ended children: the trial's ranks. Less
+    sensitive to a busy machine than wall time, which waits for a free core."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _arm(src: Path, overrides: list[str], trial_dir: Path) -> dict[str, float]:
@@ -102,7 +112,8 @@ def main() -> None:
         *(_row(name, rs) for name, rs in runs.items()),
         "",
         "`overhead_s` = wall − timed steps; `other_s` = overhead − warmup − profiled steps "
-        "(start-up, rendezvous, model build, reading the profile, result, exit). "
+        "(start-up, rendezvous, model build, reading the profile, result, exit); "
+        "`ranks_cpu_s`: CPU seconds of all ranks together, the whole trial. "
         f"Timed steps per trial: {sorted({r['n_timed'] for rs in runs.values() for r in rs})}.",
     ]
     text = "\n".join(lines) + "\n"
