@@ -145,6 +145,10 @@ class MeasureConfig:
     # (engine/instrumented_group.py), next to the profiler's count; CPU (gloo) only
     peak_tflops: float = 0.0  # dense peak TFLOP/s of one device at the run's precision, for
     # MFU; 0 = the datasheet table (GPU, by exact device name) or a measured matmul (CPU)
+    target_ci: float = 0.0  # stop the timed steps once the tokens/s median's 95% interval,
+    # half its width over the median, is at most this (0.05: +-5%); train.steps stays the most
+    # steps a run takes, the profiled steps follow the last timed one. 0 = time every step
+    min_timed_steps: int = 6  # with target_ci: time at least this many steps before stopping
 
 
 @dataclass

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from engine.checkpoint import Checkpointer
 from engine.config import ConfigError, DebugConfig, RunConfig
 from engine.metrics import comm
 from engine.metrics.memory import PeakMemory, live_tensor_bytes, window_peak_bytes
+from engine.metrics.profiler_events import read_events
 from engine.metrics.timeline import DATA, STEP, Timeline
 from engine.metrics.timing import Stopwatch
 from engine.parallel.compile import compile_seconds
@@ -28,6 +28,7 @@ from engine.record import RankRecord, profile_window
 from engine.runtime import DistContext
 from engine.state import gather_full_state
 from engine.step import TrainStep, Update
+from engine.timed_stop import TimedStop
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,17 @@ class Measurement:
     step and its data loading. Use ``step`` around a step, ``data`` around its data loading,
     then ``note`` its outcome and ``after`` it; ``finish`` (or leaving the ``with``) closes."""
 
-    def __init__(self, cfg: RunConfig, ctx: DistContext, trainer: TrainStep, record: RankRecord):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ctx: DistContext,
+        trainer: TrainStep,
+        record: RankRecord,
+        stop: TimedStop | None = None,
+    ):
         self.cfg, self.device, self.record = cfg, ctx.device, record
+        self.stop = stop  # measure.target_ci: may end the timed steps early (the runner's loop)
+        self.end = cfg.train.steps  # the step the run ends before
         self.trainer, self.marks, self.counter = trainer, trainer.stepper.phases, ctx.call_counter
         self.memory = PeakMemory(self.device)
         self.watch, self.data_watch = Stopwatch(self.device), Stopwatch(self.device)
@@ -140,18 +150,27 @@ class Measurement:
     def after(self, step: int) -> None:
         """Close the profiler after the window's last step and read what it saw."""
         start, end = self.window
+        if self.prof is None and step + 1 < start and self.stop is not None:
+            if self.stop.done(step, self.step_time):  # measured enough: profile next, then end
+                n = end - start
+                self.window, self.end = (step + 1, step + 1 + n), step + 1 + n
+            return
         if self.prof is None or step != end - 1:
             return
         prof, r, n = self.prof, self.record, end - start
         prof.__exit__(None, None, None)
         self.prof, self.marks.active = None, False
-        _read_profile(r, prof.events(), n_steps=n)
+        _read_profile(r, read_events(prof), n_steps=n)
         if self.device.type == "cpu" and (peak := window_peak_bytes(prof)) is not None:
             r.tensor_peak_bytes = self.live_at_start + peak
         if self.counter is not None:
             calls = self.counter.snapshot() - self.calls_before
             r.comm_calls = {k: v / n for k, v in calls.items()}
             r.inline_delays = self.counter.inline_delays - self.inline_before
+
+    def ended(self, step: int) -> bool:
+        """Whether ``step`` was the run's last (earlier than train.steps with target_ci)."""
+        return step + 1 >= self.end
 
     def finish(self) -> None:
         self.progress.close()
@@ -180,6 +199,9 @@ class Checkpointing:
     def __init__(self, cfg: RunConfig, trainer: TrainStep, record: RankRecord, *, rank: int):
         self.every, self.record, self.saver = cfg.checkpoint.every, record, None
         if cfg.checkpoint.dir:
+            # distributed checkpointing's modules load only for runs that save (a quarter second)
+            from engine.checkpoint import Checkpointer
+
             self.saver = Checkpointer(
                 cfg, trainer.modules, trainer.optimizer, trainer.precision, rank=rank
             )

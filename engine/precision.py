@@ -16,7 +16,8 @@ import contextlib
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+
+from engine.parallel.tensor import is_dtensor
 
 # train.precision / train.reduce_dtype name -> torch dtype (the one map of these names)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,7 +47,7 @@ class LossScaler:
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide gradients by the scale; note (agreed over all ranks) whether any overflowed."""
         grads = [
-            p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            p.grad.to_local() if is_dtensor(p.grad) else p.grad
             for group in optimizer.param_groups
             for p in group["params"]
             if p.grad is not None

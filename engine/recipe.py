@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor.parallel import parallelize_module
 
 from engine import weights
 from engine.config import ConfigError, ModelConfig
@@ -165,6 +164,8 @@ class ModuleRecipe:
             )
         else:
             plan = self.tp_plan
+        from torch.distributed.tensor.parallel import parallelize_module
+
         parallelize_module(part, mesh, plan)
 
     def blocks(self, part: nn.Module) -> Units:

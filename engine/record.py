@@ -37,9 +37,11 @@ class RankRecord:
     compile_s: float = 0.0  # torch.compile's wall time in this rank (train.compile)
 
 
-def profile_window(cfg: RunConfig, first_step: int = 0) -> tuple[int, int]:
+def profile_window(cfg: RunConfig, first_step: int = 0, end: int | None = None) -> tuple[int, int]:
     """[first, last) steps run under the profiler: the last ``profile_steps`` measured steps
-    of a run that starts at ``first_step`` (later than 0 when resumed)."""
-    measured = cfg.train.steps - first_step - cfg.train.warmup_steps
+    of a run that starts at ``first_step`` (later than 0 when resumed) and ends before ``end``
+    (default ``train.steps``; earlier when ``measure.target_ci`` ended the timed steps)."""
+    end = cfg.train.steps if end is None else end
+    measured = end - first_step - cfg.train.warmup_steps
     n = max(0, min(cfg.measure.profile_steps, measured))
-    return cfg.train.steps - n, cfg.train.steps
+    return end - n, end

@@ -37,15 +37,19 @@ from engine.train import RankRecord, profile_window
 OTHER_MEMORY = ("peak_reserved_bytes", "alloc_retries", "rss_bytes")
 
 
-def timed_steps(cfg: RunConfig, first_step: int = 0) -> tuple[list[int], bool]:
+def timed_steps(
+    cfg: RunConfig, first_step: int = 0, end: int | None = None
+) -> tuple[list[int], bool]:
     """Indexes (into this run's per-step lists) of the steps whose times enter the throughput
-    statistics, and whether the profiler ran in them."""
-    prof_start, _ = profile_window(cfg, first_step)
+    statistics, and whether the profiler ran in them. ``end``: the step the run ended before
+    (default ``train.steps``)."""
+    end = cfg.train.steps if end is None else end
+    prof_start, _ = profile_window(cfg, first_step, end)
     warm = cfg.train.warmup_steps
     steps = list(range(warm, prof_start - first_step))
     if steps:
         return steps, False
-    return list(range(warm, cfg.train.steps - first_step)), True
+    return list(range(warm, end - first_step)), True
 
 
 def tokens_per_step(cfg: RunConfig) -> int:
@@ -192,7 +196,9 @@ def build_result(
         result["error"] = f"loss diverged (NaN/inf) at step {min(diverged)}"
         return conform(result)
 
-    steps, with_profiler = timed_steps(cfg, records[0].first_step)
+    first = records[0].first_step
+    # a run that measured enough (measure.target_ci) ends before train.steps
+    steps, with_profiler = timed_steps(cfg, first, end=min(first + n_steps, cfg.train.steps))
     time_spread = Spread.of([step_times[s] for s in steps])
     tps = Spread.of([n_tokens / step_times[s] for s in steps])
     ci = median_ci([n_tokens / step_times[s] for s in steps])

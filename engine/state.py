@@ -10,11 +10,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 
 def local_full_state(modules: list[nn.Module]) -> dict[str, torch.Tensor]:
     """This rank's parameters, gathered over tp/dp shards (a collective: call on every rank)."""
+    # imported here: distributed checkpointing's modules cost a rank's start-up a tenth of a
+    # second, and only runs that dump or save their parameters come here
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=False)
     out: dict[str, torch.Tensor] = {}
     for module in modules:

@@ -20,6 +20,7 @@ from engine.sources import recipe_for
 from engine.step import MAX_CONSECUTIVE_SKIPS as MAX_CONSECUTIVE_SKIPS
 from engine.step import Diverged as Diverged
 from engine.step import TrainStep
+from engine.timed_stop import TimedStop
 
 
 def train(cfg: RunConfig, ctx: DistContext, recipe: Recipe | None = None) -> RankRecord:
@@ -37,13 +38,16 @@ def train(cfg: RunConfig, ctx: DistContext, recipe: Recipe | None = None) -> Ran
         micro = data.micro_batches(step, dp_rank=rank, dp=dp, micro_batch=t.micro_batch)
         return [(x.to(device), y.to(device)) for x, y in micro]
 
-    with Measurement(cfg, ctx, trainer, record) as measure:
+    stop = TimedStop(cfg, ctx, first_step=record.first_step)
+    with Measurement(cfg, ctx, trainer, record, stop) as measure:
         for step in range(record.first_step, t.steps):
             loss, update = timed_step(measure, trainer, step, partial(load, step), faults)
             if measure.note(step, loss, update):
                 break  # diverged
             checkpoints.after(step, measure)
             measure.after(step)
+            if measure.ended(step):
+                break  # measured enough (measure.target_ci)
 
     if cfg.debug.dump_params:
         dump_params(cfg.debug.dump_params, trainer, ctx)

@@ -203,6 +203,8 @@ RUN_RULES: dict[str, Rule] = {
     "measure.repeats": _int(1, 1000),
     "measure.count_calls": Rule("bool"),
     "measure.peak_tflops": Rule("float", 0, 1e9, what=_PEAK.format("1e9 (TFLOP/s)")),
+    "measure.target_ci": _float(0, 1),
+    "measure.min_timed_steps": _int(1, MAX_STEPS),
     "checkpoint.dir": Rule("str"),
     "checkpoint.every": _int(0, MAX_STEPS),  # 0: never
     "checkpoint.keep": _int(1, 10**6),

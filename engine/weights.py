@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from engine.config import ModelConfig
 from engine.model import GPT, initial_value
+from engine.parallel.tensor import is_dtensor
 
 Owners = list[tuple[str, nn.Module]]  # (qualified name in the whole GPT, module)
 
@@ -36,8 +36,10 @@ def param_owners(model: GPT) -> Owners:
 
 def _local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """This rank's part of ``full`` for a parameter laid out like ``like``."""
-    if not isinstance(like, DTensor):
+    if not is_dtensor(like):
         return full
+    from torch.distributed.tensor import distribute_tensor
+
     # src_data_rank=None: every rank holds the full value already; slice it, no communication
     sharded = distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
     return sharded.to_local()
@@ -61,7 +63,7 @@ def materialize(
             name = f"{prefix}.{short}" if prefix else short
             full = initial_value(cfg, name, param.shape, seed=seed)  # the global shape
             local = _local_part(full, param)
-            target = param.to_local() if isinstance(param, DTensor) else param
+            target = param.to_local() if is_dtensor(param) else param
             if local.shape != target.shape:  # a programmer error: placements not understood
                 raise AssertionError(f"{name}: shard {tuple(local.shape)} != {target.shape}")
             target.copy_(local)

@@ -41,3 +41,20 @@ def median_ci(values: list[float], confidence: float = 0.95) -> MedianCI:
     mean = statistics.fmean(xs)
     cv = statistics.stdev(xs) / mean if n > 1 and mean else 0.0
     return MedianCI(statistics.median(xs), xs[k - 1], xs[n - k], coverage, cv, n)
+
+
+def relative_half_width(ci: MedianCI) -> float:
+    """Half the interval's width over the median: 0.05 means the median is known to +-5%."""
+    return (ci.high - ci.low) / 2 / ci.median if ci.median else math.inf
+
+
+def precise_enough(
+    values: list[float], *, target: float, min_n: int, confidence: float = 0.95
+) -> bool:
+    """Whether ``values`` pin their median down to ``target`` (``relative_half_width``) with the
+    full ``confidence``: at least ``min_n`` values, and enough of them that the interval's
+    coverage reaches ``confidence`` (6 for 95%)."""
+    if target <= 0 or len(values) < max(1, min_n):
+        return False
+    ci = median_ci(values, confidence)
+    return ci.coverage >= confidence and relative_half_width(ci) <= target

@@ -14,8 +14,9 @@ step time (``compile_s``).
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
-from torch._dynamo.utils import calculate_time_spent
 
 from engine.config import ConfigError
 from engine.recipe import Recipe
@@ -40,5 +41,11 @@ def apply_compile(part: nn.Module, recipe: Recipe, mode: str) -> None:
 
 
 def compile_seconds() -> float:
-    """Wall seconds this process has spent compiling so far (forward and backward graphs)."""
+    """Wall seconds this process has spent compiling so far (forward and backward graphs).
+    Dynamo is not imported for the question: until something has imported it, nothing has
+    been compiled (importing it costs half a second)."""
+    if "torch._dynamo" not in sys.modules:
+        return 0.0
+    from torch._dynamo.utils import calculate_time_spent
+
     return calculate_time_spent().get("total_wall_time", 0.0)

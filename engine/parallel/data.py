@@ -18,22 +18,29 @@ reduce-scattered into shards. Its memory lies between the paper's stages 2 and 3
 from __future__ import annotations
 
 import contextlib
+import sys
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.config import ParallelConfig
 from engine.mesh import Mesh
 from engine.precision import DTYPES
 
+# FSDP2 and ZeroRedundancyOptimizer are imported by the layouts that use them: with DTensor
+# under them they cost most of a second per rank, which plain DDP runs need not pay
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
 
 def _mixed_precision_policy(precision: str, reduce_dtype: str) -> MixedPrecisionPolicy:
     """Compute in ``precision``; reduce gradients in ``reduce_dtype`` (fp32 by default); the
     sharded master weights and optimizer state stay fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
     param = DTYPES[precision] if precision != "fp32" else None
     return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=DTYPES[reduce_dtype])
 
@@ -46,6 +53,8 @@ def _fsdp(
     policy: MixedPrecisionPolicy,
     units: list[nn.Module] | None,
 ) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
     kw = {"mesh": mesh.sub("dp"), "reshard_after_forward": zero == 3, "mp_policy": policy}
     if units is None:  # the GPT's blocks
         units = list(module.layers.values())
@@ -69,20 +78,18 @@ def apply_data_parallel(
     one at a time under ZeRO 2/3 (default: a GPT's blocks)."""
     if mesh.dp == 1:
         return module
-    policy = _mixed_precision_policy(precision, reduce_dtype)
     if parallel.zero >= 2:
+        policy = _mixed_precision_policy(precision, reduce_dtype)
         return _fsdp(module, mesh, zero=parallel.zero, policy=policy, units=units)
     if mesh.tp > 1 or mesh.pp > 1:
         # DDP can neither hold DTensor (tensor-parallel) parameters nor take one backward per
         # micro-batch from a pipeline schedule; the composable, FSDP-based replicate can
         from torch.distributed._composable.replicate_with_fsdp import replicate
+        from torch.distributed.fsdp import MixedPrecisionPolicy
 
         # compute dtype comes from autocast here; the policy sets only the reduction dtype
-        return replicate(
-            module,
-            mesh=mesh.sub("dp"),
-            mp_policy=MixedPrecisionPolicy(reduce_dtype=policy.reduce_dtype),
-        )
+        policy = MixedPrecisionPolicy(reduce_dtype=DTYPES[reduce_dtype])
+        return replicate(module, mesh=mesh.sub("dp"), mp_policy=policy)
     ddp = DistributedDataParallel(
         module,
         device_ids=[device.index] if device.type == "cuda" else None,
@@ -112,6 +119,8 @@ def make_optimizer(
     params: list[nn.Parameter], parallel: ParallelConfig, mesh: Mesh, **adamw
 ) -> torch.optim.Optimizer:
     if parallel.zero == 1 and mesh.dp > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
         # each data-parallel rank keeps Adam state for its shard and broadcasts its update
         return ZeroRedundancyOptimizer(
             params,
@@ -127,7 +136,8 @@ def no_sync(model: nn.Module, *, last_micro_batch: bool) -> contextlib.AbstractC
     """Reduce gradients only after the last micro-batch of a step (gradient accumulation)."""
     if isinstance(model, DistributedDataParallel) and not last_micro_batch:
         return model.no_sync()
-    if isinstance(model, FSDPModule):
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: no FSDP module exists
+    if fsdp is not None and isinstance(model, fsdp.FSDPModule):
         model.set_requires_gradient_sync(last_micro_batch)
     return contextlib.nullcontext()
 

@@ -15,12 +15,14 @@ import math
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor, Shard
 
 from engine.mesh import Mesh
+from engine.parallel.tensor import is_dtensor
 
 
-def _sharded_dims(grad: DTensor) -> tuple[str, ...]:
+def _sharded_dims(grad: torch.Tensor) -> tuple[str, ...]:
+    from torch.distributed.tensor import Shard  # loaded already: ``grad`` is a DTensor
+
     names = grad.device_mesh.mesh_dim_names or ()
     return tuple(names[i] for i, p in enumerate(grad.placements) if isinstance(p, Shard))
 
@@ -31,7 +33,7 @@ def total_norm(params: list[nn.Parameter], mesh: Mesh, device: torch.device) -> 
         g = p.grad
         if g is None:
             continue
-        if isinstance(g, DTensor):
+        if is_dtensor(g):
             key = (_sharded_dims(g), g.device_mesh)
             local = g.to_local()
         else:

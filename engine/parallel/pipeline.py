@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
-from torch.distributed.pipelining import PipelineStage, schedules
 
 from engine.config import PP_SCHEDULE_CLASSES, PP_SCHEDULES, ModelConfig
 from engine.model import GPT
 from engine.validate import missing_schedule
+
+if TYPE_CHECKING:
+    from torch.distributed.pipelining import PipelineStage
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,27 @@ def schedule_table(module: ModuleType) -> dict[str, ScheduleSpec]:
     }
 
 
-SCHEDULES = schedule_table(schedules)
-AVAILABLE = [name for name, spec in SCHEDULES.items() if spec.cls is not None]
+def __getattr__(name: str) -> object:
+    """``SCHEDULES`` and ``AVAILABLE``, built on first use: torch.distributed.pipelining (and
+    dynamo, which it imports) costs more than half a second per rank, and only pipeline-parallel
+    runs need it (PEP 562)."""
+    if name not in ("SCHEDULES", "AVAILABLE"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from torch.distributed.pipelining import schedules
+
+    table = globals().setdefault("SCHEDULES", schedule_table(schedules))
+    globals()["AVAILABLE"] = [name for name, spec in table.items() if spec.cls is not None]
+    return globals()[name]
+
+
+def _schedules() -> dict[str, ScheduleSpec]:
+    return globals().get("SCHEDULES") or __getattr__("SCHEDULES")
 
 
 def schedule_class(schedule: str) -> type:
     """The torch class of ``schedule``; ConfigError naming the torch release that has it when
     this torch does not (engine.validate refuses such a config before launch)."""
-    cls = SCHEDULES[schedule].cls
+    cls = _schedules()[schedule].cls
     if cls is None:
         raise missing_schedule(schedule, torch.__version__)
     return cls
@@ -67,10 +83,12 @@ def stage_module(cfg: ModelConfig, layers: list[int], *, first: bool, last: bool
 
 
 def make_stage(module: GPT, *, stage_id: int, n_stages: int, device, group) -> PipelineStage:
+    from torch.distributed.pipelining import PipelineStage
+
     return PipelineStage(module, stage_id, n_stages, device, group=group)
 
 
 def make_schedule(schedule: str, stages: list[PipelineStage], *, n_microbatches: int, loss_fn):
-    arg = stages[0] if SCHEDULES[schedule].placement == "single" else stages
+    arg = stages[0] if _schedules()[schedule].placement == "single" else stages
     cls = schedule_class(schedule)
     return cls(arg, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=True)

@@ -16,29 +16,39 @@ shards (``loss_parallel``), so full logits are never gathered.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Replicate, Shard
-from torch.distributed.tensor.parallel import (
-    ColwiseParallel,
-    PrepareModuleInput,
-    RowwiseParallel,
-    SequenceParallel,
-    loss_parallel,
-    parallelize_module,
-)
+
+# torch.distributed.tensor is imported where a layout uses it (tensor parallel, FSDP2), not at
+# module level: it costs most of a second per rank, and data-parallel runs never need it
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether ``t`` is a DTensor, without importing DTensor's module: until something has
+    imported it, no DTensor exists."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def full_tensor_of(t: torch.Tensor) -> torch.Tensor:
     """The whole value of ``t``: a DTensor's shards gathered (a collective: every rank of its
     mesh must call this), a plain tensor as it is."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if is_dtensor(t) else t
 
 
 def block_plan(*, sequence_parallel: bool, swiglu: bool) -> dict:
     """The parallel style of every sub-module of one Block."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+    )
+
     seq = Shard(1)  # activations (B, T, C) split along T
     plan: dict = {
         "attn.wq": ColwiseParallel(),
@@ -71,6 +81,14 @@ def apply_tensor_parallel(
     model: nn.Module, tp_mesh: DeviceMesh, *, sequence_parallel: bool
 ) -> None:
     """Shard a GPT (or one pipeline stage of it) in place over ``tp_mesh``."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        SequenceParallel,
+        parallelize_module,
+    )
+
     swiglu = model.cfg.mlp == "swiglu"
     layer_ids = list(model.layers.keys())
     for i, layer_id in enumerate(layer_ids):
@@ -99,4 +117,8 @@ def apply_tensor_parallel(
 
 def loss_context(tp: int) -> contextlib.AbstractContextManager:
     """Cross-entropy over vocabulary-sharded logits (forward and backward must run inside)."""
-    return loss_parallel() if tp > 1 else contextlib.nullcontext()
+    if tp == 1:
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel()
