@@ -12,7 +12,7 @@ from engine.results import timed_steps
 from tests.helpers import cli, engine_pids
 from tuner.config import load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # a real sweep of long trials (minutes)
 MIN_STEPS = 3
 # steps 1..9 timed, none profiled: a trial stopped after MIN_STEPS of them ran fewer
 RUN = [
