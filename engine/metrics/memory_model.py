@@ -331,20 +331,11 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         reduced_bytes=reduced_bytes,
         released=released,
     )
-    # the optimizer step: every gradient, plus a foreach temporary of the moments' size on
-    # CUDA (sqrt of the second moment); CPU steps one parameter at a time, with two temporaries
-    # of the largest parameter's size (the bias-corrected root of the second moment, the update)
-    if device == "cuda":
-        temps = FP32 * psi // (dp if zero >= 1 else 1)
-    else:
-        largest = max(
-            largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1)
-            for s in ids
-        )
-        temps = 2 * FP32 * largest // (dp if zero >= 2 else 1)
-    step = MemoryPrediction(
-        params=master, grads=buckets + grads_full, optimizer=moments + temps, activations=buffers
-    )
+    # the optimizer step: every gradient (DDP's are views into its buckets by then, though
+    # earlier micro-batches accumulate outside them); the fused AdamW (engine.parallel.data)
+    # updates in place, and the gradient norm before it reduces without a gradient-sized copy
+    step_grads = buckets if ddp else grads_full
+    step = MemoryPrediction(params=master, grads=step_grads, optimizer=moments, activations=buffers)
     peak = max(backward, step, key=lambda x: x.total)
     return replace(peak, host_build=host_build_bytes(cfg, rank, device))
 
