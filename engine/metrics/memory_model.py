@@ -331,11 +331,11 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         reduced_bytes=reduced_bytes,
         released=released,
     )
-    # the optimizer step: every gradient (DDP's are views into its buckets by then, though
-    # earlier micro-batches accumulate outside them); the fused AdamW (engine.parallel.data)
-    # updates in place, and the gradient norm before it reduces without a gradient-sized copy
-    step_grads = buckets if ddp else grads_full
-    step = MemoryPrediction(params=master, grads=step_grads, optimizer=moments, activations=buffers)
+    # the optimizer step: every gradient; the fused AdamW (engine.parallel.data) updates in
+    # place, and the gradient norm before it reduces without a gradient-sized copy
+    step = MemoryPrediction(
+        params=master, grads=buckets + grads_full, optimizer=moments, activations=buffers
+    )
     peak = max(backward, step, key=lambda x: x.total)
     return replace(peak, host_build=host_build_bytes(cfg, rank, device))
 

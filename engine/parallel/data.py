@@ -101,8 +101,6 @@ def apply_data_parallel(
         device_ids=[device.index] if device.type == "cuda" else None,
         process_group=mesh.group("dp"),
         bucket_cap_mb=parallel.ddp_bucket_mb,
-        # gradients live in the all-reduce buckets: no copy into them and back each step
-        gradient_as_bucket_view=True,
     )
     if reduce_dtype == "bf16":
         ddp.register_comm_hook(mesh.group("dp"), _bf16_allreduce_hook)
