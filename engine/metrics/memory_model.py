@@ -35,7 +35,7 @@ input pass and its deferred weight pass, the gradients at its weight-bearing ops
 The moments that compete for the peak: each backward's start at the loss head (activations,
 loss head, gradients so far), the same moment after the loss head when a ZeRO-3 block gathers
 its parameters, with checkpointing each layer's recomputation (and at the last one every later
-layer's gradients), and the optimizer step (all gradients, optimizer temporaries). The largest
+layer's gradients), and the optimizer step (all gradients; the fused AdamW adds none). The largest
 is the prediction; its parts are the breakdown.
 
 Building the model is a third, host-side moment (``host_build``, reported beside the parts and
