@@ -126,7 +126,7 @@ class Measurement:
         """Record the step just timed; returns whether the run diverged on it."""
         r = self.record
         r.losses.append(loss.item() if loss is not None else float("nan"))
-        r.grad_norms.append(update.norm.item())
+        r.grad_norms.append(update.norm_value)
         r.step_times_s.append(self.step_time)
         r.data_times_s.append(self.data_time)
         self.progress.append(step - r.first_step, self.step_time)  # after the stopwatch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -41,13 +42,18 @@ class Update:
     consecutive_skips: int
     loss_scaling: bool
 
+    @cached_property
+    def norm_value(self) -> float:
+        """The norm on the host (read once per step)."""
+        return self.norm.item()
+
     @property
     def diverged(self) -> bool:
         # the norm is global, so every rank reaches the same verdict on the same step without
         # another collective; with loss scaling a non-finite norm is an overflow, skipped
         if self.loss_scaling:
             return self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS
-        return not math.isfinite(self.norm.item())
+        return not math.isfinite(self.norm_value)
 
 
 class TrainStep:

@@ -35,7 +35,7 @@ input pass and its deferred weight pass, the gradients at its weight-bearing ops
 The moments that compete for the peak: each backward's start at the loss head (activations,
 loss head, gradients so far), the same moment after the loss head when a ZeRO-3 block gathers
 its parameters, with checkpointing each layer's recomputation (and at the last one every later
-layer's gradients), and the optimizer step (all gradients, optimizer temporaries). The largest
+layer's gradients), and the optimizer step (all gradients; the fused AdamW adds none). The largest
 is the prediction; its parts are the breakdown.
 
 Building the model is a third, host-side moment (``host_build``, reported beside the parts and
@@ -331,19 +331,10 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         reduced_bytes=reduced_bytes,
         released=released,
     )
-    # the optimizer step: every gradient, plus a foreach temporary of the moments' size on
-    # CUDA (sqrt of the second moment); CPU steps one parameter at a time, with two temporaries
-    # of the largest parameter's size (the bias-corrected root of the second moment, the update)
-    if device == "cuda":
-        temps = FP32 * psi // (dp if zero >= 1 else 1)
-    else:
-        largest = max(
-            largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1)
-            for s in ids
-        )
-        temps = 2 * FP32 * largest // (dp if zero >= 2 else 1)
+    # the optimizer step: every gradient; the fused AdamW (engine.parallel.data) updates in
+    # place, and the gradient norm before it reduces without a gradient-sized copy
     step = MemoryPrediction(
-        params=master, grads=buckets + grads_full, optimizer=moments + temps, activations=buffers
+        params=master, grads=buckets + grads_full, optimizer=moments, activations=buffers
     )
     peak = max(backward, step, key=lambda x: x.total)
     return replace(peak, host_build=host_build_bytes(cfg, rank, device))

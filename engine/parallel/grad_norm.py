@@ -28,7 +28,7 @@ def _sharded_dims(grad: torch.Tensor) -> tuple[str, ...]:
 
 
 def total_norm(params: list[nn.Parameter], mesh: Mesh, device: torch.device) -> torch.Tensor:
-    buckets: dict[tuple[tuple[str, ...], object], torch.Tensor] = {}
+    grads: dict[tuple[tuple[str, ...], object], list[torch.Tensor]] = {}
     for p in params:
         g = p.grad
         if g is None:
@@ -38,10 +38,12 @@ def total_norm(params: list[nn.Parameter], mesh: Mesh, device: torch.device) -> 
             local = g.to_local()
         else:
             key, local = ((), None), g
-        sq = local.detach().float().pow(2).sum()
-        buckets[key] = buckets.get(key, torch.zeros((), device=device)) + sq
+        grads.setdefault(key, []).append(local.detach())
     total = torch.zeros((), device=device)
-    for (dims, dmesh), sq in buckets.items():
+    for (dims, dmesh), group in grads.items():
+        # one multi-tensor norm per bucket: no gradient-sized temporary, few dispatches
+        norms = torch._foreach_norm(group, 2.0, dtype=torch.float32)
+        sq = torch.stack(norms).square().sum()
         for name in dims:
             dist.all_reduce(sq, group=dmesh.get_group(name))
         total = total + sq
@@ -53,10 +55,11 @@ def total_norm(params: list[nn.Parameter], mesh: Mesh, device: torch.device) -> 
 
 def clip_(params: list[nn.Parameter], norm: torch.Tensor, max_norm: float) -> None:
     """Scale gradients so their global norm is at most ``max_norm`` (no-op when it is 0)."""
+    if max_norm <= 0:  # no clipping asked: no host read of the norm either
+        return
     value = float(norm)
-    if max_norm <= 0 or not math.isfinite(value) or value <= max_norm:
+    if not math.isfinite(value) or value <= max_norm:
         return
     scale = max_norm / (value + 1e-6)
-    for p in params:
-        if p.grad is not None:
-            p.grad.mul_(scale)
+    grads = [p.grad.to_local() if is_dtensor(p.grad) else p.grad for p in params]
+    torch._foreach_mul_([g for g in grads if g is not None], scale)

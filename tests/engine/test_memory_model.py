@@ -42,13 +42,10 @@ def test_activations_scale_with_tokens_and_shrink_with_checkpointing() -> None:
     assert acts(micro_batch=8, activation_checkpointing="selective") < acts(micro_batch=8)
 
 
-def test_cuda_step_counts_the_foreach_temporary() -> None:
+def test_the_fused_optimizer_step_needs_no_temporaries() -> None:
     cfg = tiny_config(train={"micro_batch": 1, "global_batch": 1})  # activations are tiny
-    m = cfg.model
-    largest = m.d_model * m.d_ff  # CPU steps one parameter at a time: two of its size
-    cpu = predict(cfg, 0, "cpu").optimizer
-    assert cpu == 8 * PSI + 2 * 4 * largest
-    assert predict(cfg, 0, "cuda").optimizer == cpu - 2 * 4 * largest + 4 * PSI
+    for device in ("cpu", "cuda"):
+        assert predict(cfg, 0, device).optimizer == 8 * PSI  # the two Adam moments alone
 
 
 def test_full_checkpointing_peaks_at_the_last_recompute() -> None:
