@@ -4,7 +4,7 @@ Launches the same configuration alternately with each ``train.compile`` mode (th
 rotates every pair), several times each, and compares the tokens/s of the timed steps; the
 compile time (``compile_s``, spent in the untimed warmup steps) is listed apart.
 
-    python bench/compile_speed.py --pairs 5 --modes none blocks [hydra overrides ...]
+    python bench/compile_speed.py --pairs 5 --modes none,blocks [hydra overrides ...]
 
 Writes a Markdown table to bench/results/compile_speed.md (and prints it).
 """
@@ -30,8 +30,12 @@ DEFAULT = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--modes", nargs="+", default=["none", "blocks"])
+    # comma-separated: a list argument would take the Hydra overrides after it as modes too
+    parser.add_argument(
+        "--modes", default="none,blocks", help="train.compile values, e.g. none,blocks"
+    )
     args, overrides = parser.parse_known_args()
+    args.modes = args.modes.split(",")
     overrides = overrides or DEFAULT
     tps: dict[str, list[float]] = {m: [] for m in args.modes}
     compile_s: dict[str, list[float]] = {m: [] for m in args.modes}
@@ -49,7 +53,7 @@ def main() -> None:
         f"# torch.compile against eager ({time.strftime('%Y-%m-%d')})",
         "",
         f"Command: `python bench/compile_speed.py --pairs {args.pairs} --modes "
-        f"{' '.join(args.modes)} {' '.join(overrides)}`",
+        f"{','.join(args.modes)} {' '.join(overrides)}`",
         "",
         f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores; other work "
         "shares the machine, so compare the min-max ranges, not only the medians.",
