@@ -4,8 +4,11 @@
 predicted best untried one, refits the model's coefficients to every measured trial of the
 study after each measurement and ranks again; it stops, saying why, once no untried layout's
 optimistic prediction (its predicted step time less the largest error the fit makes on a
-trial left out of it) beats the best
-measured throughput. `sweep.seed_from_plan=K` puts the model's top K first in any sampler's
+trial left out of it) beats the best measured throughput — but not before every value of every
+searched knob has been measured once: the leave-one-out error says nothing about a value the
+fit has never seen (bf16 against fp32 on a CPU whose small matmuls the datasheet-style rates
+misjudge, say), so while one is unseen, the best-predicted layout that has it is launched
+instead of stopping. `sweep.seed_from_plan=K` puts the model's top K first in any sampler's
 queue.
 """
 
@@ -45,6 +48,7 @@ class Candidate:
     cfg: RunConfig
     x: np.ndarray  # its features (FEATURES order) on the cluster it runs on
     tokens: int  # tokens per step
+    knobs: dict[str, Any]  # the searched settings that take effect in it (space.effective_params)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ def candidates(
     cluster_of: Callable[[int], Cluster],
     layout_key: Callable[[RunConfig, dict[str, Any]], str],
     replace: Callable[[RunConfig, dict[str, Any]], RunConfig],
+    effective: Callable[[RunConfig, dict[str, Any]], dict[str, Any]] = lambda _b, p: dict(p),
 ) -> list[Candidate]:
     """The distinct layouts of the grid that can run (``runnable`` raises otherwise), with
     their features: computed once, as they do not depend on the coefficients."""
@@ -78,7 +83,8 @@ def candidates(
             continue
         x = features(cfg, cluster_of(cfg.parallel.n_ranks))
         tokens = cfg.train.global_batch * cfg.model.seq_len
-        out.append(Candidate(key, params, cfg, np.array([x[k] for k in FEATURES]), tokens))
+        knobs = effective(base, params)
+        out.append(Candidate(key, params, cfg, np.array([x[k] for k in FEATURES]), tokens, knobs))
     return out
 
 
@@ -109,6 +115,22 @@ def _tried(study: optuna.Study) -> set[str]:
         for t in study.get_trials(deepcopy=False)
         if t.state not in skip and LAYOUT_ATTR in t.user_attrs
     }
+
+
+def _seen_values(study: optuna.Study, cands: list[Candidate]) -> dict[str, set[Any]]:
+    """Each searched knob's values that took effect in the study's measured (completed)
+    trials: a pipeline schedule drawn for a layout without pipeline stages was not seen."""
+    by_key = {c.key: c.knobs for c in cands}
+    seen: dict[str, set[Any]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        knobs = by_key.get(t.user_attrs.get(LAYOUT_ATTR), t.params)
+        for k, v in knobs.items():
+            seen.setdefault(k, set()).add(v)
+    return seen
+
+
+def _has_unseen(c: Candidate, seen: dict[str, set[Any]]) -> bool:
+    return any(v not in seen.get(k, set()) for k, v in c.knobs.items())
 
 
 class ModelSampler(BaseSampler):
@@ -159,6 +181,13 @@ class ModelSampler(BaseSampler):
         tried = _tried(study)
         untried = [(c, tps) for c, tps in self.predicted(coeffs) if c.key not in tried]
         best, best_tps = untried[0] if untried else (None, 0.0)
+        if best is not None and band is not None and band < 1:
+            top = max(m.tokens_per_s for m in measured)
+            if best_tps / (1 - band) < top:  # the fit would stop here: unless a value is unseen
+                seen = _seen_values(study, self._cands)
+                new = [(c, t) for c, t in untried if _has_unseen(c, seen)]
+                if new:
+                    best, best_tps = new[0]
         return Ranking(best, best_tps, band, len(measured))
 
     def _features(self, m: Measured) -> np.ndarray:
@@ -180,7 +209,7 @@ class ModelSampler(BaseSampler):
         r = self.ranking(study)
         if r.best is None:
             return f"sampler=model: all {len(self._cands)} runnable layouts have been tried"
-        if r.band is None or r.band >= 1:
+        if r.band is None or r.band >= 1 or _has_unseen(r.best, _seen_values(study, self._cands)):
             return None
         measured = [m.tokens_per_s for m in _measured(study)]
         optimistic = r.predicted_tokens_per_s / (1 - r.band)

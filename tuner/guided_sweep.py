@@ -67,6 +67,7 @@ def prepare(
         cluster_of=cluster_of,
         layout_key=space_mod.layout_key,
         replace=replace_keys,
+        effective=space_mod.effective_params,
     )
     prior = prior_for(cluster_of(worlds[0]))
     model = sampler if guided else ModelSampler()

@@ -35,6 +35,7 @@ def _setup(min_fit: int = 3):
         cluster_of=lambda _w: CLUSTER,
         layout_key=space_mod.layout_key,
         replace=replace_keys,
+        effective=space_mod.effective_params,
     )
     sampler = ModelSampler(seed=0, min_fit_trials=min_fit)
     sampler.bind(space.distributions, cands, prior=Coefficients(), cluster_of=lambda _w: CLUSTER)
@@ -101,3 +102,23 @@ def test_model_sampler_needs_throughput_as_first_objective():
     require_throughput_first(["tokens_per_s", "peak_mem_bytes"])
     with pytest.raises(ValueError, match=r"sampler=model.*tokens_per_s"):
         require_throughput_first(["peak_mem_bytes"])
+
+
+def test_it_does_not_stop_before_every_knob_value_has_been_measured():
+    # the left-out error says nothing about a value no measured trial had: until each value of
+    # each searched knob (where it takes effect) has been measured once, the search goes on
+    base, space, cands, sampler, study = _setup()
+    values = {(k, v) for c in cands for k, v in c.knobs.items()}
+    assert ("train.precision", "fp32") in values and ("train.precision", "bf16") in values
+    why = None
+    for _ in range(len(cands)):
+        why = sampler.stop_reason(study)
+        if why:
+            break
+        _measure(study, base, space, sampler.ranking(study).best.params)
+    assert why is not None
+    measured = {c.key: c for c in cands}
+    seen = {
+        (k, v) for t in study.trials for k, v in measured[t.user_attrs[LAYOUT_ATTR]].knobs.items()
+    }
+    assert values <= seen
