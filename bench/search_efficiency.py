@@ -186,14 +186,15 @@ def cmd_live(args: argparse.Namespace) -> None:
         "",
         f"`{command}` (space: `{' '.join(overrides)}`, back to back in this order)",
         "",
-        "| sampler | layouts launched | best tokens/s | best layout | trial time s | wall s "
-        "| stopped early |",
-        "|---|---|---|---|---|---|---|",
+        "| sampler | layouts launched | of them ended by early stopping | best tokens/s "
+        "| best layout | trial time s | wall s | search stopped by the model |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         best = "-" if r["best_tokens_per_s"] is None else f"{r['best_tokens_per_s']:,.0f}"
         lines.append(
-            f"| {r['sampler']} | {r['launched']} | {best} | {r['best_layout'] or '-'} | "
+            f"| {r['sampler']} | {r['launched']} | {r.get('ended_early', 0)} | {best} | "
+            f"{r['best_layout'] or '-'} | "
             f"{r['trial_time_s']:.0f} | {r['wall_s']:.0f} | {r['stopped_early'] or 'no'} |"
         )
     _write(args.out, "search_efficiency_live", {"command": command, "rows": rows}, lines)

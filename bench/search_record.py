@@ -140,13 +140,17 @@ def live(overrides: list[str], *, work: Path, n_trials: int, seed: int) -> list[
         best = table["tokens_per_s"].max()
         best_layout = None if pd.isna(best) else table.loc[table["tokens_per_s"].idxmax()]["layout"]
         stop = [ln for ln in run.log.splitlines() if ln.startswith("sampler=model: no untried")]
+        # trials early stopping ended ran too: they count, with the time they took
+        cut = [t for t in study.trials if t.user_attrs.get("fail_reason") == "early_stop"]
+        cut_s = sum(float(t.user_attrs.get("duration_s") or 0.0) for t in cut)
         rows.append(
             {
                 "sampler": sampler,
-                "launched": len(table),
+                "launched": len(table) + len(cut),
+                "ended_early": len(cut),
                 "best_tokens_per_s": None if pd.isna(best) else float(best),
                 "best_layout": best_layout,
-                "trial_time_s": float(table["duration_s"].sum()),
+                "trial_time_s": float(table["duration_s"].sum()) + cut_s,
                 "wall_s": run.wall_s,
                 "stopped_early": stop[0] if stop else "",
             }
