@@ -43,10 +43,14 @@ def _same(key: str) -> Callable[[list[Any]], Any]:
     return rule
 
 
+# per-launch paths, not settings of the run: each launch writes its own result and progress
+_PER_LAUNCH = ("out", "progress")
+
+
 def _config(values: list[Any]) -> Any:
-    """The configuration all launches ran; each wrote its own result file (``out``)."""
-    plain = [{k: v for k, v in c.items() if k != "out"} for c in values]
-    return {**_same("config")(plain), "out": ""}
+    """The configuration all launches ran; each wrote its own files (``_PER_LAUNCH``)."""
+    plain = [{k: v for k, v in c.items() if k not in _PER_LAUNCH} for c in values]
+    return {**_same("config")(plain), **dict.fromkeys(_PER_LAUNCH, "")}
 
 
 def _known(values: list[Any]) -> list[Any]:

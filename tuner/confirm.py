@@ -18,9 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from engine.config import RunConfig
 from tuner.config import Loaded, replace_keys
 from tuner.launch import run_trial
-from tuner.study import stored_result
-
-CONFIRM_ATTR = "confirmation"  # study attribute: the re-measurement and its verdict
+from tuner.study import CONFIRM_ATTR, stored_result
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ MACHINES_ATTR = "machines"  # on the study: id -> the machine's record, first on
 # on each trial that produced a result: the run's result JSON, whole, in one storage write
 # (engine/result_schema.py declares its figures)
 RESULT_ATTR = "result"
+CONFIRM_ATTR = "confirmation"  # on the study: the end-of-sweep re-measurement and its verdict
 
 
 def sweep_dir(cfg: Loaded) -> Path:

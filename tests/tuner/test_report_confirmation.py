@@ -8,10 +8,11 @@ from pathlib import Path
 
 import optuna
 
-from tuner.confirm import CONFIRM_ATTR, Contender, judge
+from tuner.confirm import Contender, judge
 from tuner.progress import final_lines
 from tuner.report import trials_frame
 from tuner.report.html import render_report
+from tuner.study import CONFIRM_ATTR
 
 
 def _record(study: optuna.Study, contenders: list[Contender]) -> None:

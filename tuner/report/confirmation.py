@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import optuna
 import pandas as pd
 
-from tuner.confirm import CONFIRM_ATTR
+from tuner.study import CONFIRM_ATTR  # not tuner.confirm: it launches, and loads torch
 
 
 @dataclass(frozen=True)
