@@ -13,7 +13,7 @@ from tuner.guided import ModelSampler
 from tuner.guided_sweep import prepare
 from tuner.sweep_checks import sweep_space
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # real sweeps or timed delays: minutes
 FAST = ["model=tiny", "train.steps=4", "train.warmup_steps=1", "train.global_batch=8"]
 SPACE = ["space=default", "space.parallel.dp=[1,2]", "space.train.micro_batch=[1,2,4]"]
 

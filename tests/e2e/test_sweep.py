@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import REPO, cli, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # real sweeps or timed delays: minutes
 FAST = ["model=tiny", "train.steps=5", "train.warmup_steps=1"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # real sweeps or timed delays: minutes
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a core per worker")

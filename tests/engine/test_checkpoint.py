@@ -44,6 +44,7 @@ def uninterrupted(tmp_path_factory):
     return run_engine(cfg, tmp)["losses"], torch.load(tmp / "params.pt")
 
 
+@pytest.mark.long  # three layouts in a row, each launched
 def test_resume_across_a_chain_of_layouts(tmp_path, uninterrupted):
     """zero-3 at dp 4 -> tp 2 x dp 2 -> pp 2 -> one process. Each leg saves at an even step
     and runs one step past it, which the next leg (resuming from the save) must redo."""

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import run_engine, tiny_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # real sweeps or timed delays: minutes
 DELAY_MS = 20.0
 RTOL = 0.15  # communication and exposed time
 PROFILED = 6
