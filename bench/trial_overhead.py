@@ -34,7 +34,7 @@ def one_trial(overrides: list[str], trial_dir: Path) -> dict[str, float]:
     """One trial as the sweep runs it; its wall time split into parts (seconds)."""
     from tuner.config import load
     from tuner.launch import run_trial
-    from tuner.sweep import overhead_s
+    from tuner.trial_record import overhead_s
 
     cfg = load(overrides)
     cpu_before = _children_cpu_s()

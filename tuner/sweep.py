@@ -19,7 +19,7 @@ from tuner import space as space_mod
 from tuner.config import Loaded, replace_keys
 from tuner.confirm import confirm
 from tuner.feasibility import MARGIN_ATTR, Infeasible, after_oom, runnable, uses_cuda
-from tuner.launch import TrialOutcome, run_trial
+from tuner.launch import run_trial
 from tuner.outputs import (
     OutputError,
     check_dir,
@@ -37,12 +37,12 @@ from tuner.study import (
     MACHINE_ATTR,
     WORKER_ATTR,
     open_study,
-    record_result,
     sweep_dir,
     tell,
     worker_id,
 )
 from tuner.sweep_checks import check_objectives, check_some_layout_runs, sweep_space
+from tuner.trial_record import finish
 
 log = logging.getLogger(__name__)
 
@@ -80,35 +80,6 @@ def _earlier_same(study: optuna.Study, key: str, number: int) -> FrozenTrial | N
     return None
 
 
-def _finish(
-    study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, objectives: list[str]
-) -> str:
-    trial.set_user_attr("log_dir", str(outcome.log_dir.resolve()))
-    trial.set_user_attr("duration_s", outcome.wall_s)
-    if outcome.early_stop is not None:
-        status = early_stop.keep_partial(trial, outcome.early_stop)
-        tell(study, trial, state=TrialState.PRUNED)
-        return status
-    if outcome.result is not None and "timed_steps" in outcome.result:  # not a diverged run
-        trial.set_user_attr("overhead_s", overhead_s(outcome.result, outcome.wall_s))
-    if outcome.result is not None:
-        record_result(trial, outcome.result)
-    missing = [o for o in objectives if (outcome.result or {}).get(o) is None]
-    if outcome.ok and outcome.result is not None and missing:
-        why = outcome.result.get("not_measured", {})
-        outcome.reason = "unmeasured"
-        outcome.detail = "; ".join(f"{o}: {why.get(o, 'not in the result')}" for o in missing)
-    elif outcome.ok and outcome.result is not None:
-        values = [float(outcome.result[o]) for o in objectives]
-        tell(study, trial, values)
-        return f"ok {outcome.result['tokens_per_s']:.1f} tok/s"
-    trial.set_user_attr("fail_reason", outcome.reason)
-    trial.set_user_attr("fail_detail", outcome.detail)
-    tell(study, trial, state=TrialState.FAIL)
-    # the detail leads with the rank and its error; allocator messages sit past 60 characters
-    return f"FAILED ({outcome.reason}: {outcome.detail[:160]})"
-
-
 def _launched(study: optuna.Study) -> int:
     """Trials toward the budget: decided ones, and those other live workers are running."""
     done = sum(_counts(t) for t in study.get_trials(deepcopy=False))
@@ -128,17 +99,6 @@ def _yield_to(study: optuna.Study, trial: optuna.Trial, claim: FrozenTrial) -> s
     trial.set_user_attr("duplicate_of", claim.number)
     _drop(study, trial, "claimed", f"trial {claim.number} runs this configuration")
     return f"claimed by trial {claim.number} ({claim.state.name.lower()})"
-
-
-def overhead_s(result: dict, wall_s: float) -> float:
-    """A trial's fixed cost: its wall time less its timed steps (start-up, rendezvous, model
-    build, warmup, profiled steps, result writing), summed over repeats."""
-    times, timed = result["step_times_s"], result["timed_steps"]
-    if result.get("repeats", 1) > 1:  # per launch, side by side
-        spent = sum(t[i] for t, idx in zip(times, timed, strict=True) for i in idx)
-    else:
-        spent = sum(times[i] for i in timed)
-    return wall_s - spent
 
 
 def _reuse(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> str:
@@ -309,11 +269,11 @@ def _run_one(cfg: Loaded, study: optuna.Study, trial: optuna.Trial, out: Path) -
         if not disk_full_detail(outcome.detail):
             outcome.detail = f"{trial_dir}: no space left on device ({outcome.detail})"
         outcome.reason = DISK_FULL
-        record = lambda: _finish(study, trial, outcome, cfg.sweep.objectives)  # noqa: E731
+        record = lambda: finish(study, trial, outcome, cfg.sweep.objectives)  # noqa: E731
         _stop_on_full_disk(study, trial, out, outcome.detail, record)
     if outcome.reason == "oom":
         outcome.detail += " " + after_oom(study, run_cfg, cfg.launcher, margin)
-    return _finish(study, trial, outcome, cfg.sweep.objectives)
+    return finish(study, trial, outcome, cfg.sweep.objectives)
 
 
 def _watch(cfg: Loaded, study: optuna.Study, trial: optuna.Trial) -> early_stop.Watch | None:

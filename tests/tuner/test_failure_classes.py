@@ -18,7 +18,7 @@ from tests.helpers import tiny_config, wait_until, write_config
 from tuner.config import LauncherConfig
 from tuner.failures import classify, is_complete
 from tuner.launch import TrialOutcome, run_trial
-from tuner.sweep import _finish
+from tuner.trial_record import finish as _finish
 
 # one rank of the engine, with something around it: a line in the log, a memory limit, an abort
 WRAPPER = """
