@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.runtime import cpu_threads
+from engine.warm_start import ForkedRank, Zygote, forkable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ FAILURE_GRACE_S = 5.0
 # how often ``launch`` calls its ``poll`` while the ranks run
 POLL_S = 0.25
 _PORT_IN_USE = ("address already in use", "eaddrinuse")
+Rank = subprocess.Popen | ForkedRank  # what supervision needs: pid, poll, wait, returncode
 
 
 @dataclass
@@ -90,7 +92,7 @@ def rank_env(
     return env
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: Rank) -> None:
     """End the rank's whole process session: SIGTERM, then SIGKILL if it lingers."""
     if proc.poll() is not None:
         return
@@ -107,12 +109,18 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def start_ranks(
-    cmd: Sequence[str], nproc: int, port: int, log_dir: Path
-) -> list[tuple[subprocess.Popen, Path]]:
-    """Start the ranks without waiting for them (``launch`` supervises them)."""
-    procs = []
+    cmd: Sequence[str], nproc: int, port: int, log_dir: Path, *, zygote: Zygote | None = None
+) -> list[tuple[Rank, Path]]:
+    """Start the ranks without waiting for them (``launch`` supervises them). With a
+    ``zygote``, a ``python -m MODULE`` command is forked from it rather than exec'd."""
+    procs: list[tuple[Rank, Path]] = []
+    warm = forkable(list(cmd)) if zygote is not None else None
     for rank in range(nproc):
         path = log_dir / f"rank{rank}.log"
+        if warm is not None:
+            env = rank_env(rank=rank, nproc=nproc, port=port)
+            procs.append((zygote.start(*warm, env=env, log=path), path))
+            continue
         with path.open("w") as out:
             proc = subprocess.Popen(
                 # engine.orphan_guard: the rank dies with this process, however it ends
@@ -127,14 +135,14 @@ def start_ranks(
     return procs
 
 
-def _watch(proc: subprocess.Popen, exited: list[float | None], rank: int, start: float) -> None:
+def _watch(proc: Rank, exited: list[float | None], rank: int, start: float) -> None:
     """Wait for one rank and note when it ended, to the millisecond rather than the poll."""
     proc.wait()
     exited[rank] = time.monotonic() - start
 
 
 def _supervise(
-    procs: list[tuple[subprocess.Popen, Path]],
+    procs: list[tuple[Rank, Path]],
     timeout_s: float,
     start: float,
     poll: Callable[[], bool] | None = None,
@@ -207,9 +215,11 @@ def launch(
     timeout_s: float,
     attempts: int = 3,
     poll: Callable[[], bool] | None = None,
+    zygote: Zygote | None = None,
 ) -> LaunchResult:
     """Run ``cmd`` as ``nproc`` ranks; logs go to ``log_dir/rank<i>.log``. ``poll``: called
-    every POLL_S seconds while they run; when it returns True the ranks are ended."""
+    every POLL_S seconds while they run; when it returns True the ranks are ended. ``zygote``:
+    fork a ``python -m MODULE`` command's ranks from it (engine.warm_start)."""
     if nproc < 1:
         raise ValueError(f"`nproc` must be >= 1, but got {nproc}.")
     log_dir = Path(log_dir)
@@ -218,7 +228,7 @@ def launch(
     t0 = time.monotonic()
     for attempt in range(attempts):
         started = time.monotonic()
-        procs = start_ranks(cmd, nproc, free_port(), log_dir)
+        procs = start_ranks(cmd, nproc, free_port(), log_dir, zygote=zygote)
         codes, times, timed_out = _supervise(
             procs, timeout_s - (started - t0), started, watch.poll if watch else None
         )

@@ -17,12 +17,18 @@ import sys
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def main(argv: list[str]) -> None:
-    parent, cmd = int(argv[0]), argv[1:]
+def die_with(parent: int) -> None:
+    """Ask the kernel for SIGKILL when ``parent`` (this process's parent) dies; exit now if it
+    is gone already (nothing to run for)."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the launcher is gone already: nothing to run for
-            sys.exit(1)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def main(argv: list[str]) -> None:
+    parent, cmd = int(argv[0]), argv[1:]
+    die_with(parent)
     os.execvp(cmd[0], cmd)
 
 

@@ -96,18 +96,23 @@ SESSION_MARKER = "PARATUNE_TEST_SESSION"
 
 
 def engine_pids() -> set[int]:
-    """Live processes started (directly or not) by this test session, the tests' own excepted."""
+    """Live processes started (directly or not) by this test session, the tests' own excepted:
+    this process and its rank zygote (engine/warm_start.py), which lives as long as it does."""
     marker = f"{SESSION_MARKER}={os.environ.get(SESSION_MARKER, '')}".encode()
+    own_zygote = [b"-m", b"engine.zygote", str(os.getpid()).encode()]
     pids = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             env = (proc / "environ").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker in env and state != "Z":
+        # its ranks share its command line, but their parent is the zygote
+        is_own_zygote = argv[1:4] == own_zygote and int(stat[1]) == os.getpid()
+        if marker in env and stat[0] != "Z" and not is_own_zygote:
             pids.add(int(proc.name))
     return pids
 

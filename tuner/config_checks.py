@@ -54,6 +54,7 @@ TUNER_RULES: dict[str, Rule] = {
     "launcher.share_cpus": Rule("bool"),
     "launcher.devices": _IDS,
     "launcher.lock_dir": Rule("str"),
+    "launcher.fork_ranks": Rule("bool"),
     "run.out": Rule("str"),
     "export.out": _PATH,
     "plan.world_size": Rule("int", 0, 2**24),

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from engine import warm_start
 from engine.config import ConfigError, RunConfig
 from engine.launch import engine_command, launch
 from engine.repeats import merge as merge_repeats
@@ -88,6 +89,7 @@ def _launch_once(
             log_dir=run_dir,
             timeout_s=launcher.timeout_s,
             poll=watch.poll_for(cfg, run_dir) if watch is not None else None,
+            zygote=warm_start.shared() if launcher.fork_ranks else None,
         )
         if launched.stopped and watch is not None and watch.verdict is not None:
             return TrialOutcome(

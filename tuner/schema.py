@@ -94,6 +94,9 @@ class LauncherConfig:
     devices: str = ""
     # where workers on one machine claim cores and GPUs ("" = sweep.out_dir/.locks)
     lock_dir: str = ""
+    # local: fork each rank from a process that imported torch and the engine once per sweep
+    # (engine/zygote.py), sparing every rank ~2 s of imports; false: a new interpreter per rank
+    fork_ranks: bool = True
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 
 from engine.launch import LaunchResult, launch
-from tests.helpers import tiny_config, wait_until, write_config
+from tests.helpers import engine_pids, tiny_config, wait_until, write_config
 from tuner.config import LauncherConfig
 from tuner.failures import classify, is_complete
 from tuner.launch import TrialOutcome, run_trial
@@ -122,16 +122,15 @@ def test_a_segfault_in_rank_1_is_reported_as_rank_1s_signal(tmp_path):
 
 
 def _rank_pid(config_path: Path, rank: int) -> int | None:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    """The live rank whose output goes to its log beside ``config_path`` (forked ranks share
+    their zygote's command line and environment block, so those do not tell them apart)."""
+    log = str(config_path.parent / f"rank{rank}.log")
+    for pid in engine_pids():
         try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            env = (proc / "environ").read_bytes().split(b"\0")
+            if os.readlink(f"/proc/{pid}/fd/1") == log:
+                return pid
         except OSError:
             continue
-        if str(config_path).encode() in cmdline and f"RANK={rank}".encode() in env:
-            return int(proc.name)
     return None
 
 
