@@ -177,3 +177,8 @@ def keep_partial(trial: optuna.Trial, found: Verdict) -> str:
 
 def stopped_early(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.PRUNED and trial.user_attrs.get("fail_reason") == EARLY_STOP
+
+
+def partial_tokens_per_s(trial: FrozenTrial) -> float | None:
+    """The median tokens/s a trial stopped early had reached (None for any other trial)."""
+    return trial.user_attrs.get(PARTIAL_TPS) if stopped_early(trial) else None

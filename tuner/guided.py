@@ -26,6 +26,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from engine.config import ConfigError, RunConfig
+from tuner.early_stop import partial_tokens_per_s
 from tuner.perf.cluster import Cluster
 from tuner.perf.features import FEATURES, features
 from tuner.perf.model import Coefficients, fit_rows, held_out_errors
@@ -96,10 +97,16 @@ class Measured:
     tokens_per_s: float
 
 
-def _measured(study: optuna.Study) -> list[Measured]:
-    """Every completed, measured trial of the study."""
+def _measured(study: optuna.Study, by_key: dict[str, Candidate]) -> list[Measured]:
+    """Every measured trial of the study: completed ones, and those stopped early (their
+    partial median: slower than the best, which is what the fit should learn from them)."""
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.state == TrialState.PRUNED:
+            cand, tps = by_key.get(t.user_attrs.get(LAYOUT_ATTR, "")), partial_tokens_per_s(t)
+            if cand is not None and tps:
+                out.append(Measured(t.number, cand.cfg, cand.tokens / tps, tps))
+            continue
         r = stored_result(t)
         if r.get("step_time_s") and r.get("tokens_per_s") and r.get("config"):
             cfg = RunConfig.from_dict(r["config"])
@@ -117,15 +124,18 @@ def _tried(study: optuna.Study) -> set[str]:
     }
 
 
-def _seen_values(study: optuna.Study, cands: list[Candidate]) -> dict[str, set[Any]]:
-    """Each searched knob's values that took effect in the study's measured (completed)
-    trials: a pipeline schedule drawn for a layout without pipeline stages was not seen."""
+def _seen_values(
+    study: optuna.Study, measured: list[Measured], cands: list[Candidate]
+) -> dict[str, set[Any]]:
+    """Each searched knob's values that took effect in the study's measured trials: a
+    pipeline schedule drawn for a layout without pipeline stages was not seen."""
     by_key = {c.key: c.knobs for c in cands}
+    numbers = {m.trial for m in measured}
     seen: dict[str, set[Any]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        knobs = by_key.get(t.user_attrs.get(LAYOUT_ATTR), t.params)
-        for k, v in knobs.items():
-            seen.setdefault(k, set()).add(v)
+    for t in study.get_trials(deepcopy=False):
+        if t.number in numbers:
+            for k, v in by_key.get(t.user_attrs.get(LAYOUT_ATTR), t.params).items():
+                seen.setdefault(k, set()).add(v)
     return seen
 
 
@@ -150,6 +160,7 @@ class ModelSampler(BaseSampler):
         self._prior_weight = prior_weight
         self._space: dict[str, BaseDistribution] = {}
         self._cands: list[Candidate] = []
+        self._by_key: dict[str, Candidate] = {}
         self._prior = Coefficients()
         self._cluster_of: Callable[[int], Cluster] | None = None
         self._rows: dict[int, np.ndarray] = {}  # features of measured trials, by number
@@ -163,11 +174,12 @@ class ModelSampler(BaseSampler):
         cluster_of: Callable[[int], Cluster],
     ) -> None:
         self._space, self._cands = dict(space), cands
+        self._by_key = {c.key: c for c in cands}
         self._prior, self._cluster_of = prior, cluster_of
 
     def ranking(self, study: optuna.Study) -> Ranking:
         """The model refitted to the study's measurements, and its pick among untried layouts."""
-        measured = _measured(study)
+        measured = _measured(study, self._by_key)
         coeffs, band = self._prior, None
         if len(measured) >= self._min_fit and self._cluster_of is not None:
             rows = np.array([self._features(m) for m in measured])
@@ -184,7 +196,7 @@ class ModelSampler(BaseSampler):
         if best is not None and band is not None and band < 1:
             top = max(m.tokens_per_s for m in measured)
             if best_tps / (1 - band) < top:  # the fit would stop here: unless a value is unseen
-                seen = _seen_values(study, self._cands)
+                seen = _seen_values(study, measured, self._cands)
                 new = [(c, t) for c, t in untried if _has_unseen(c, seen)]
                 if new:
                     best, best_tps = new[0]
@@ -209,9 +221,12 @@ class ModelSampler(BaseSampler):
         r = self.ranking(study)
         if r.best is None:
             return f"sampler=model: all {len(self._cands)} runnable layouts have been tried"
-        if r.band is None or r.band >= 1 or _has_unseen(r.best, _seen_values(study, self._cands)):
+        done = _measured(study, self._by_key)
+        if r.band is None or r.band >= 1:
             return None
-        measured = [m.tokens_per_s for m in _measured(study)]
+        if _has_unseen(r.best, _seen_values(study, done, self._cands)):
+            return None
+        measured = [m.tokens_per_s for m in done]
         optimistic = r.predicted_tokens_per_s / (1 - r.band)
         if measured and optimistic < max(measured):
             return (

@@ -12,6 +12,7 @@ from engine.validate import validate
 from tests.helpers import REPO, tiny_config
 from tuner import space as space_mod
 from tuner.config import replace_keys
+from tuner.early_stop import EARLY_STOP, PARTIAL_TPS
 from tuner.guided import ModelSampler, candidates, require_throughput_first
 from tuner.perf import cluster as clusters
 from tuner.perf.model import GPU_PRIOR, Coefficients, predict
@@ -122,3 +123,37 @@ def test_it_does_not_stop_before_every_knob_value_has_been_measured():
         (k, v) for t in study.trials for k, v in measured[t.user_attrs[LAYOUT_ATTR]].knobs.items()
     }
     assert values <= seen
+
+
+def test_a_trial_stopped_early_is_fitted_with_its_partial_median():
+    # stopped because it was slow: what it had measured is still a measurement to learn from
+    base, space, cands, sampler, study = _setup(min_fit=3)
+    top = [c for c, _ in sampler.predicted()[:3]]
+    for c in top[:2]:
+        _measure(study, base, space, c.params)
+    slow = top[2]
+    tps = predict(slow.cfg, CLUSTER, TRUTH).tokens_per_s
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=slow.params,
+            distributions=space.distributions,
+            state=optuna.trial.TrialState.PRUNED,
+            user_attrs={
+                LAYOUT_ATTR: slow.key,
+                "fail_reason": EARLY_STOP,
+                PARTIAL_TPS: tps,
+            },
+        )
+    )
+    ranking = sampler.ranking(study)
+    assert ranking.n_measured == 3 and ranking.band is not None
+    # a trial pruned for any other reason (memory, say) measured nothing
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=cands[-1].params,
+            distributions=space.distributions,
+            state=optuna.trial.TrialState.PRUNED,
+            user_attrs={LAYOUT_ATTR: cands[-1].key, "fail_reason": "memory"},
+        )
+    )
+    assert sampler.ranking(study).n_measured == 3
