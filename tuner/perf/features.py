@@ -45,6 +45,7 @@ FEATURES = (
     "comm_tp",  # tensor-parallel collectives: latency + bus bytes / link bandwidth
     "comm_pp",  # pipeline sends
     "pp_hops",  # pipeline sends per step: each waits for its peer to reach it
+    "dp_calls",  # data-parallel collective calls: FSDP's per-unit copies and hooks, DDP's buckets
     "comm_dp0",  # data-parallel collectives, by ZeRO stage (each overlaps differently)
     "comm_dp1",
     "comm_dp2",
@@ -220,6 +221,7 @@ def features(cfg: RunConfig, cluster: Cluster, *, slowest: int | None = None) ->
     own = collectives(cfg, load.pp_rank, backend=cluster.backend)
     dp_items = [c for c in own if c.group == "dp"]
     out[f"comm_dp{p.zero}"] = _comm_seconds(dp_items, cluster, p.dp, strides["dp"])
+    out["dp_calls"] = sum(c.count for c in dp_items) * share
     psi = rank_params(cfg, load.pp_rank)
     shards = p.dp if p.zero >= 1 else 1
     out["optimizer"] = OPTIMIZER_BYTES * psi / shards / (cluster.hbm_gbps * 1e9)

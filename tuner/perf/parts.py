@@ -36,6 +36,7 @@ PART_OF: dict[str, str] = {
     "comm_tp": "comm_exposed",
     "comm_pp": "bubble",
     "pp_hops": "bubble",
+    "dp_calls": "compute",
     "comm_dp0": "comm_exposed",
     "comm_dp1": "comm_exposed",
     "comm_dp2": "comm_exposed",
