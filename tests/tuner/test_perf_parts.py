@@ -119,3 +119,21 @@ def test_measured_parts_are_the_busiest_ranks_scaled_to_the_step_time():
     assert step.step_time_s == 2.0 and step.parts == parts
     assert measured(_result([], 2.0)) is None  # no profiled step: nothing to fit the parts to
     assert np.isfinite(list(parts.values())).all()
+
+
+def test_data_parallel_calls_are_the_collectives_calls_and_grow_with_the_zero_stage():
+    from engine.metrics.volumes import collectives
+
+    c = clusters.load("h100-sxm")
+    calls = {}
+    for zero in (0, 2, 3):
+        cfg = tiny_config(
+            model=LLAMA_7B,
+            parallel={"dp": 4, "tp": 2, "zero": zero},
+            train={"global_batch": 64, "micro_batch": 2},
+        )
+        calls[zero] = features(cfg, c)["dp_calls"]
+        dp = [x for x in collectives(cfg, 0, backend=c.backend) if x.group == "dp"]
+        assert calls[zero] == pytest.approx(sum(x.count for x in dp) * c.time_share)
+    # FSDP gathers every unit once per micro-batch (twice under ZeRO-3); DDP one bucket set
+    assert calls[0] < calls[2] < calls[3]
