@@ -18,6 +18,11 @@ the two alternately N times each and reports their medians' ratio as well: the f
 question "does the predicted best measure within 5% of the best?" is decided on.
 
 Run it alone: anything else running on the machine distorts the timings it fits to.
+
+``--reuse --workdir DIR`` re-fits and re-predicts from the sweeps an earlier run left in DIR
+(DIR/reports/cal-ws2 and test-ws4) without launching anything: no measurement, no sweep, no
+confirmation. ``--part-weight W`` sets how much each measured part of the step weighs in the
+fit (0: the step times alone).
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 from engine.config import RunConfig  # noqa: E402
 from tuner.perf import local  # noqa: E402
 from tuner.perf.errors import ErrorBands, layout_kind  # noqa: E402
-from tuner.perf.model import predict  # noqa: E402
-from tuner.planner.calibration import fit_measured  # noqa: E402
+from tuner.perf.model import PART_WEIGHT, predict  # noqa: E402
+from tuner.planner.calibration import MeasuredStep, fit_measured  # noqa: E402
 from tuner.planner.rank import PlanRow  # noqa: E402
 from tuner.planner.show import describe  # noqa: E402
 
@@ -67,6 +72,11 @@ def _sweep(name: str, world: int, trials: int, seed: int, cwd: Path, model: list
         "sweep.early_stop=false",  # every layout measured to the end, slow ones included
         cwd=cwd,
     )
+
+
+def _reports(work: Path | None, name: str) -> Path:
+    """Where the sweep ``name`` run in ``work`` keeps its study and trials."""
+    return Path(work or ".") / "reports" / name
 
 
 def _trials(name: str, cwd: Path) -> list[dict]:
@@ -127,31 +137,12 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cal-trials", type=int, default=24)
-    ap.add_argument("--test-trials", type=int, default=24)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--confirm-pairs", type=int, default=4)
-    args, model = ap.parse_known_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="planner-accuracy-"))
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    _tuner("calibrate", "calibrate.world_sizes=[2,4]", cwd=work)
-    _sweep("cal-ws2", 2, args.cal_trials, args.seed, work, model)
-    _sweep("test-ws4", 4, args.test_trials, args.seed + 1, work, model)
-
-    cal, test = _trials("cal-ws2", work), _trials("test-ws4", work)
-    fitted = fit_measured(
-        [(RunConfig.from_dict(r["config"]), r["step_time_s"]) for r in cal],
-        source=f"{len(cal)} trials at world size 2",
-    )
-    cluster4 = local.cluster(4, mem_gib=1e6)
+def _predicted_rows(results: list[dict], world: int, coeffs, model: list[str]) -> list[dict]:
+    cluster = local.cluster(world, mem_gib=1e6)
     rows = []
-    for r in test:
+    for r in results:
         cfg = RunConfig.from_dict(r["config"])
-        pred = predict(cfg, cluster4, fitted.coeffs)
+        pred = predict(cfg, cluster, coeffs)
         p = cfg.parallel
         rows.append(
             {
@@ -165,7 +156,67 @@ def main() -> None:
                 "overrides": _layout_overrides(r, model),
             }
         )
-    errors = [(x["predicted_step_s"] - x["measured_step_s"]) / x["measured_step_s"] for x in rows]
+    return rows
+
+
+def _errors(rows: list[dict]) -> list[float]:
+    return [(x["predicted_step_s"] - x["measured_step_s"]) / x["measured_step_s"] for x in rows]
+
+
+def _figures(rows: list[dict]) -> dict:
+    """Step-time MAPE, worst error, rank correlation, the predicted best's measured throughput
+    relative to the measured best, and MAPE / worst by kind of layout."""
+    errors = _errors(rows)
+    meas = [x["measured_tokens_per_s"] for x in rows]
+    pred = [x["predicted_tokens_per_s"] for x in rows]
+    best_pred, best_meas = int(np.argmax(pred)), int(np.argmax(meas))
+    bands = ErrorBands.from_residuals([x["kind"] for x in rows], errors, "")
+    return {
+        "step_time_mape": float(np.mean(np.abs(errors))),
+        "step_time_max_error": float(np.max(np.abs(errors))),
+        "spearman": _spearman(pred, meas),
+        "predicted_best_vs_measured_best": meas[best_pred] / meas[best_meas],
+        "by_kind": bands.by_kind,
+    }
+
+
+def _band_cell(band: dict | None) -> str:
+    return f"{100 * band['mape']:.0f}% / {100 * band['max']:.0f}% ({band['n']})" if band else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cal-trials", type=int, default=24)
+    ap.add_argument("--test-trials", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--confirm-pairs", type=int, default=4)
+    ap.add_argument("--reuse", action="store_true", help="re-fit the sweeps in --workdir")
+    ap.add_argument("--part-weight", type=float, default=PART_WEIGHT)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the report goes")
+    args, model = ap.parse_known_args()
+    if args.reuse:
+        missing = [n for n in ("cal-ws2", "test-ws4") if not _reports(args.workdir, n).is_dir()]
+        if missing:
+            ap.error(f"--reuse needs --workdir with reports/{missing[0]} from an earlier run")
+        args.confirm_pairs = 0
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="planner-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if not args.reuse:
+        _tuner("calibrate", "calibrate.world_sizes=[2,4]", cwd=work)
+        _sweep("cal-ws2", 2, args.cal_trials, args.seed, work, model)
+        _sweep("test-ws4", 4, args.test_trials, args.seed + 1, work, model)
+
+    cal, test = _trials("cal-ws2", work), _trials("test-ws4", work)
+    fitted = fit_measured(
+        [MeasuredStep.of(r) for r in cal],
+        source=f"{len(cal)} trials at world size 2",
+        part_weight=args.part_weight,
+    )
+    in_sample = _figures(_predicted_rows(cal, 2, fitted.coeffs, model))
+    rows = _predicted_rows(test, 4, fitted.coeffs, model)
+    errors = _errors(rows)
     meas = [x["measured_tokens_per_s"] for x in rows]
     predt = [x["predicted_tokens_per_s"] for x in rows]
     best_pred, best_meas = int(np.argmax(predt)), int(np.argmax(meas))
@@ -181,10 +232,13 @@ def main() -> None:
             "ratio_of_medians": float(np.median(runs["predicted"]) / np.median(runs["measured"])),
         }
     mem = [abs(x["mem_prediction_error"]) for x in rows if x["mem_prediction_error"] is not None]
+    reuse = f"--reuse --workdir {args.workdir} " if args.reuse else ""
     summary = {
-        "command": "python bench/planner_accuracy.py "
+        "command": f"python bench/planner_accuracy.py {reuse}"
         f"--cal-trials {args.cal_trials} --test-trials {args.test_trials} --seed {args.seed} "
-        f"--confirm-pairs {args.confirm_pairs} {' '.join(model)}".strip(),
+        f"--confirm-pairs {args.confirm_pairs} --part-weight {args.part_weight} "
+        f"{' '.join(model)}".strip(),
+        "part_weight": args.part_weight,
         "calibration_trials": len(cal),
         "held_out_trials": len(rows),
         "spearman": _spearman(predt, meas),
@@ -203,18 +257,20 @@ def main() -> None:
         "memory_mape": float(np.mean(mem)) if mem else None,
         "memory_max_error": float(np.max(mem)) if mem else None,
         "coefficients": fitted.coeffs.values,
+        "in_sample": in_sample,
+        "held_out_by_kind": _figures(rows)["by_kind"],
         "wall_s": time.time() - started,
     }
     bands = ErrorBands.from_residuals(
         [x["kind"] for x in rows], errors, "held out at 4 ranks, fitted at 2 (this machine)"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     out = {
         "summary": summary,
         "rows": rows,
         "bands": {"gloo": {"by_kind": bands.by_kind, "source": bands.source}},
     }
-    (RESULTS / "planner_accuracy.json").write_text(json.dumps(out, indent=1))
+    (args.results / "planner_accuracy.json").write_text(json.dumps(out, indent=1))
     lines = [
         "# Planner accuracy on this machine",
         "",
@@ -239,13 +295,26 @@ def main() -> None:
     ):
         v = summary[k]
         lines.append(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines += [
+        "",
+        "| kind | in-sample MAPE / worst (n) | held-out MAPE / worst (n) |",
+        "|---|---|---|",
+    ]
+    held = summary["held_out_by_kind"]
+    for kind in dict.fromkeys([*held, *in_sample["by_kind"]]):
+        cells = [_band_cell(by.get(kind)) for by in (in_sample["by_kind"], held)]
+        lines.append(f"| {kind} | {cells[0]} | {cells[1]} |")
+    lines.append(
+        f"\nIn sample: spearman {in_sample['spearman']:.3f}, predicted best "
+        f"{in_sample['predicted_best_vs_measured_best']:.3f} of the measured best."
+    )
     lines += ["", "| layout (held out) | measured s | predicted s | error |", "|---|---|---|---|"]
     for x, e in zip(rows, errors, strict=True):
         lines.append(
             f"| {x['layout']} | {x['measured_step_s']:.4f} | {x['predicted_step_s']:.4f} | "
             f"{100 * e:+.0f}% |"
         )
-    (RESULTS / "planner_accuracy.md").write_text("\n".join(lines) + "\n")
+    (args.results / "planner_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

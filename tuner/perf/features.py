@@ -36,12 +36,16 @@ OPTIMIZER_BYTES = 7 * 4
 FEATURES = (
     "matmul",  # matmul FLOPs / peak FLOP/s
     "matmul_small",  # the same over the matrices' smaller side: small matrices run slower
+    # low-precision matmul FLOPs / the fp32 peak: autocast's casts and the low-precision
+    # kernels' shortfall on training shapes, which the low-precision peak alone misses
+    "matmul_lowp",
     "elementwise",  # activation bytes read and written by norms, activations, softmax / HBM
     "calls",  # layer invocations (forward and backward): launch and interpreter overhead
     "tp_calls",  # invocations of tensor-parallel layers: DTensor dispatch, collectives' waits
     "comm_tp",  # tensor-parallel collectives: latency + bus bytes / link bandwidth
     "comm_pp",  # pipeline sends
     "pp_hops",  # pipeline sends per step: each waits for its peer to reach it
+    "dp_calls",  # data-parallel collective calls: FSDP's per-unit copies and hooks, DDP's buckets
     "comm_dp0",  # data-parallel collectives, by ZeRO stage (each overlaps differently)
     "comm_dp1",
     "comm_dp2",
@@ -87,6 +91,12 @@ def span(micro: int, bubble_t: float, share: float) -> float:
     return max(micro, (micro + bubble_t) / share) if share > 1 else micro + bubble_t
 
 
+def step_span(cfg: RunConfig, cluster: Cluster) -> float:
+    """``span`` of this layout's step on ``cluster``: its micro-batch times of one rank."""
+    p, m = cfg.parallel, n_micro(cfg)
+    return span(m, bubble(p.pp_schedule, p.pp, p.pp_virtual_stages, m), cluster.time_share)
+
+
 @dataclass(frozen=True)
 class RankLoad:
     """What one pipeline rank does per micro-batch (forward + backward, recompute included)."""
@@ -94,6 +104,7 @@ class RankLoad:
     pp_rank: int
     flops: float
     small_flops: float  # flops / smaller matrix side
+    lowp_flops: float  # flops at the fp32 peak, under a low precision (0 in fp32)
     elem_bytes: float
     calls: float
     tp_calls: float
@@ -144,10 +155,12 @@ def _rank_load(cfg: RunConfig, cluster: Cluster, pp_rank: int, peak: float) -> R
     sends = [c for c in own if c.kind == "send"]
     # forward, backward, and the blocks' forward again under full checkpointing
     calls = (3 if t.activation_checkpointing == "full" else 2) * layers + 2 * stages
+    lowp = t.precision != "fp32"
     return RankLoad(
         pp_rank,
         flops / peak,
         flops / peak / max(side, 1),
+        flops / cluster.peak_flops("fp32") if lowp else 0.0,
         elem / (cluster.hbm_gbps * 1e9),
         calls,
         calls if p.tp > 1 else 0,
@@ -189,13 +202,13 @@ def features(cfg: RunConfig, cluster: Cluster, *, slowest: int | None = None) ->
     ranks = [slowest] if slowest is not None else representative_ranks(cfg.model, p)
     loads = [_rank_load(cfg, cluster, r, peak) for r in ranks]
     load = max(loads, key=lambda x: x.flops + x.elem_bytes + x.comm_tp + x.comm_pp)
-    m = n_micro(cfg)
     share = cluster.time_share
-    scale = span(m, bubble(p.pp_schedule, p.pp, p.pp_virtual_stages, m), share)
+    scale = step_span(cfg, cluster)
     out = dict.fromkeys(FEATURES, 0.0)
     out.update(
         matmul=scale * load.flops,
         matmul_small=scale * load.small_flops,
+        matmul_lowp=scale * load.lowp_flops,
         elementwise=scale * load.elem_bytes,
         calls=scale * load.calls * share,
         tp_calls=scale * load.tp_calls * share,
@@ -208,6 +221,7 @@ def features(cfg: RunConfig, cluster: Cluster, *, slowest: int | None = None) ->
     own = collectives(cfg, load.pp_rank, backend=cluster.backend)
     dp_items = [c for c in own if c.group == "dp"]
     out[f"comm_dp{p.zero}"] = _comm_seconds(dp_items, cluster, p.dp, strides["dp"])
+    out["dp_calls"] = sum(c.count for c in dp_items) * share
     psi = rank_params(cfg, load.pp_rank)
     shards = p.dp if p.zero >= 1 else 1
     out["optimizer"] = OPTIMIZER_BYTES * psi / shards / (cluster.hbm_gbps * 1e9)

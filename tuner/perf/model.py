@@ -8,9 +8,11 @@ the matmul runs at half its large-matrix rate, times ``matmul``); ``calls`` and 
 seconds.
 
 Calibration is a least-squares fit of the coefficients to measured step times, on relative
-errors (a 10 ms step and a 10 s step weigh alike), pulled towards the prior coefficients with a
-small weight, so a part the measurements do not exercise keeps its prior value instead of an
-arbitrary one.
+errors (a 10 ms step and a 10 s step weigh alike), and, where the steps' breakdowns were
+measured, of each group of coefficients to its own part of the step (``tuner.perf.parts``):
+compute coefficients to the compute, communication ones to the exposed collectives, and so on.
+It is pulled towards the prior coefficients with a small weight, so a part the measurements
+do not exercise keeps its prior value instead of an arbitrary one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from engine.config import RunConfig
 from tuner.perf.cluster import Cluster
 from tuner.perf.features import FEATURES, features
+from tuner.perf.parts import PARTS, split
 
 # priors for a GPU cluster at datasheet rates: ~60% of peak on large matmuls, half that at a
 # 128-row side; HBM-bound work at 70%; links at 80% of their rate with tensor- and pipeline-
@@ -30,12 +33,14 @@ from tuner.perf.features import FEATURES, features
 GPU_PRIOR: dict[str, float] = {
     "matmul": 1.7,
     "matmul_small": 1.7 * 128,
+    "matmul_lowp": 0.05,  # GPU kernels reach most of their low-precision peak
     "elementwise": 1.4,
     "calls": 20e-6,
     "tp_calls": 20e-6,
     "comm_tp": 1.25,
     "comm_pp": 1.25,
     "pp_hops": 20e-6,
+    "dp_calls": 20e-6,
     "comm_dp0": 0.4,
     "comm_dp1": 0.6,
     "comm_dp2": 0.5,
@@ -55,9 +60,11 @@ CPU_PRIOR: dict[str, float] = {
     **GPU_PRIOR,
     "matmul": 1.3,
     "matmul_small": 1.3 * 32,
+    "matmul_lowp": 0.3,  # CPU bf16 under autocast: casts, and kernels short of their peak
     "calls": 300e-6,
     "tp_calls": 3e-3,
     "pp_hops": 2e-3,
+    "dp_calls": 1e-3,
     "opt_tensors": 50e-6,
     "opt_dtensors": 500e-6,
     "comm_dp0": 0.8,
@@ -124,6 +131,12 @@ def _bounded_lstsq(a: np.ndarray, b: np.ndarray, *, floor: np.ndarray) -> np.nda
         held |= low
 
 
+# how much a measured part weighs in the fit against the total step time (both relative to
+# the step): enough that each group of coefficients follows its own part
+# (bench/planner_accuracy.py compares the held-out figures at other weights)
+PART_WEIGHT = 4.0
+
+
 def fit(
     measured: list[tuple[RunConfig, float]],
     cluster_of: Callable[[RunConfig], Cluster],
@@ -131,12 +144,38 @@ def fit(
     prior: Coefficients,
     prior_weight: float = 0.05,
     source: str = "fit",
+    parts: list[dict[str, float] | None] | None = None,
+    part_weight: float = PART_WEIGHT,
 ) -> Fit:
     """Coefficients that best explain ``measured`` (config, step seconds), each config on the
-    cluster it was measured on (``cluster_of``)."""
+    cluster it was measured on (``cluster_of``); with ``parts`` (per step, its measured parts,
+    ``tuner.perf.parts.PARTS``, or None), each part as well."""
     rows = np.array([[features(c, cluster_of(c))[k] for k in FEATURES] for c, _ in measured])
     times = np.array([s for _, s in measured])
-    return fit_rows(rows, times, prior=prior, prior_weight=prior_weight, source=source)
+    part_rows = None
+    if parts is not None:
+        part_rows = [
+            (_part_matrix(c, cluster_of(c)), _part_vector(p)) if p else None
+            for (c, _), p in zip(measured, parts, strict=True)
+        ]
+    return fit_rows(
+        rows,
+        times,
+        prior=prior,
+        prior_weight=prior_weight,
+        source=source,
+        parts=part_rows,
+        part_weight=part_weight,
+    )
+
+
+def _part_matrix(cfg: RunConfig, cluster: Cluster) -> np.ndarray:
+    shares = split(cfg, cluster)
+    return np.array([[shares[p][k] for k in FEATURES] for p in PARTS])
+
+
+def _part_vector(measured_parts: dict[str, float]) -> np.ndarray:
+    return np.array([measured_parts[p] for p in PARTS])
 
 
 def fit_rows(
@@ -146,11 +185,21 @@ def fit_rows(
     prior: Coefficients,
     prior_weight: float = 0.05,
     source: str = "fit",
+    parts: list[tuple[np.ndarray, np.ndarray] | None] | None = None,
+    part_weight: float = PART_WEIGHT,
 ) -> Fit:
-    """``fit`` on features already computed: one row per step (FEATURES order)."""
+    """``fit`` on features already computed: one row per step (FEATURES order); ``parts``:
+    per step, (its features' shares of each part, PARTS × FEATURES; the measured parts), or
+    None where the step's parts were not measured."""
     theta0 = np.array([prior.values[k] for k in FEATURES])
     a = rows / times[:, None]  # relative residual: (x·θ - t) / t
     b = np.ones(len(times))
+    # each measured part, relative to its step's time, like the total
+    for measured_parts, t in zip(parts or [None] * len(times), times, strict=True):
+        if measured_parts is not None:
+            shares, seconds = measured_parts
+            a = np.vstack([a, part_weight * shares / t])
+            b = np.concatenate([b, part_weight * seconds / t])
     # the prior, per coefficient, relative to its own size: only where a feature is present
     used = rows.any(axis=0)
     reg = np.diag(np.where(used, prior_weight / theta0, 1.0 / theta0))
