@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from engine import warm_start
 from engine.launch import engine_command, free_port, launch, start_ranks
 from tests.helpers import tiny_config, wait_until, write_config
 
@@ -87,11 +90,13 @@ def _is_loopback(addr: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-def test_the_ranks_listen_on_loopback_only(tmp_path):
+@pytest.mark.parametrize("start", ["exec", "fork"])
+def test_the_ranks_listen_on_loopback_only(tmp_path, start):
     # a two-rank run long enough to be looked at while it trains
     _, path = write_config(tiny_config(parallel={"dp": 2}, train={"steps": 2000}), tmp_path)
     port = free_port()
-    procs = start_ranks(engine_command(path), 2, port, tmp_path)
+    zygote = warm_start.shared() if start == "fork" else None
+    procs = start_ranks(engine_command(path), 2, port, tmp_path, zygote=zygote)
     seen: dict[int, set[tuple[str, int]]] = {0: set(), 1: set()}
 
     def look() -> bool:
