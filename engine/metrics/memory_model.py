@@ -167,14 +167,16 @@ def _backward_peak(
     # its receive buffer's gradient) until the next step starts
     boundary = tokens * m.d_model * stream_bytes(cfg)
 
-    def moment(units: int, grads_of: int, sent: int, reduced: int = 0) -> MemoryPrediction:
+    # a moment as (params, grads, activations): the optimizer state is base's throughout, and
+    # plain tuples keep the thousands of moments a plan weighs cheap to build
+    def moment(units: int, grads_of: int, sent: int, reduced: int = 0) -> tuple[int, int, int]:
         """``units`` layer-micro-batches in flight; the gradients of ``grads_of`` parameters,
         ``reduced`` of them already reduced; ``sent`` input gradients kept."""
         grads = base.grads + accumulated * (grads_of - reduced) // psi
         grads += reduced_bytes(reduced) if accumulated else 0
         acts = base.activations + units * unit + sent * boundary
         params = base.params - released(reduced)
-        return replace(base, params=params, grads=grads, activations=acts)
+        return params, grads, acts
 
     deepest = _in_flight(cfg, n_micro, pp_rank)
     if deepest < n_micro:
@@ -220,13 +222,11 @@ def _backward_peak(
         # V schedule at world sizes 2 and 4)
         waiting = min(-(-n_micro // p.pp), p.pp)
         stash = waiting * layers * weight_pass_stash_bytes(cfg, tokens)
-        cores = [replace(x, activations=x.activations + stash) for x in cores]
+        cores = [(pa, g, a + stash) for pa, g, a in cores]
     # each backward starts at the loss head (its temporaries) or, after them, with the first
     # block's parameter gather in flight
-    moments = [replace(x, activations=x.activations + head) for x in cores]
-    moments += [
-        replace(x, params=x.params + gather, activations=x.activations + retained) for x in cores
-    ]
+    moments = [(pa, g, a + head) for pa, g, a in cores]
+    moments += [(pa + gather, g, a + retained) for pa, g, a in cores]
     if t.activation_checkpointing != "none":
         # during each backward a layer is recomputed in full, after its gather has landed; at
         # the last one, the gradients of the stage's later layers exist too (unless the weight
@@ -234,10 +234,12 @@ def _backward_peak(
         late_grads, work = last_recompute(cfg, tokens=tokens, layers=layers, last=last)
         if split:
             late_grads = 0
-        ends = [replace(x, activations=x.activations + work) for x in cores]
-        ends[-1] = replace(ends[-1], grads=ends[-1].grads + late_grads)
+        ends = [(pa, g, a + work) for pa, g, a in cores]
+        pa, g, a = ends[-1]
+        ends[-1] = (pa, g + late_grads, a)
         moments += ends
-    return max(moments, key=lambda x: x.total)
+    params, grads, acts = max(moments, key=sum)  # the first of equal totals, as before
+    return replace(base, params=params, grads=grads, activations=acts)
 
 
 def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:

@@ -3,7 +3,6 @@ the performance model and what the user reads."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -78,7 +77,7 @@ def cmd_plan(cfg: Loaded) -> int:
     if options.out:
         from tuner.outputs import atomic_write_text
 
-        data = [dataclasses.asdict(r) | {"error_band": bands.for_row(r)} for r in rows]
+        data = [r.as_dict() | {"error_band": bands.for_row(r)} for r in rows]
         atomic_write_text(Path(options.out), json.dumps(data, indent=1))
         print(f"every layout: {options.out}")
     from tuner.planner.page import write_page

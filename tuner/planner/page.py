@@ -3,7 +3,6 @@ every layout), then figures drawn from it."""
 
 from __future__ import annotations
 
-import dataclasses
 import html
 from pathlib import Path
 
@@ -23,7 +22,7 @@ GIB = 2**30
 
 def plan_frame(rows: list[PlanRow]) -> pd.DataFrame:
     """One row per layout, best first: its knobs, verdict and predictions."""
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    df = pd.DataFrame([r.as_dict() for r in rows])
     if df.empty:
         return df
     df.insert(0, "layout", [describe(r) for r in rows])
