@@ -64,7 +64,7 @@ from engine.metrics.memory_terms import (
     weight_pass_stash_bytes,
 )
 from engine.shapes import block_params, stage_params
-from engine.stages import coordinates, local_stage_ids, rank_params, split_layers, stages_per_rank
+from engine.stages import coordinates, local_stage_ids, rank_params, stage_sizes, stages_per_rank
 from engine.validate import SPLIT_BACKWARD
 
 # schedules that run every micro-batch's forward before the backwards start
@@ -91,9 +91,9 @@ def host_build_bytes(cfg: RunConfig, rank: int, device: str) -> int:
     """Peak host bytes while rank ``rank`` builds and initialises its part (module docstring)."""
     p = cfg.parallel
     pp_rank, _, _ = coordinates(rank, p)
-    ids, split, n_stages = _local_stages(cfg, pp_rank)
+    ids, sizes, n_stages = _local_stages(cfg, pp_rank)
     largest = max(
-        largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids
+        largest_param(cfg, layers=sizes[s], first=s == 0, last=s == n_stages - 1) for s in ids
     )
     # the full value, and this rank's slice of it when a copy is needed to make it contiguous
     transient = FP32 * (largest + (largest // p.tp if p.tp > 1 else 0))
@@ -104,14 +104,14 @@ def host_build_bytes(cfg: RunConfig, rank: int, device: str) -> int:
     return shard + transient
 
 
-def _local_stages(cfg: RunConfig, pp_rank: int) -> tuple[list[int], list[list[int]], int]:
-    """(this pipeline rank's stage ids, layers of every stage, number of stages)."""
+def _local_stages(cfg: RunConfig, pp_rank: int) -> tuple[list[int], tuple[int, ...], int]:
+    """(this pipeline rank's stage ids, number of layers of every stage, number of stages)."""
     p, m = cfg.parallel, cfg.model
     n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
     if p.pp == 1:
-        return [0], [list(range(m.n_layers))], 1
+        return [0], (m.n_layers,), 1
     ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    return ids, split_layers(m, n_stages), n_stages
+    return ids, stage_sizes(m, n_stages), n_stages
 
 
 def _in_flight(cfg: RunConfig, n_micro: int, stage_rank: int) -> int:
@@ -249,7 +249,7 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     pp_rank, _, _ = coordinates(rank, p)
     c = COMPUTE_BYTES[t.precision]
     n_micro = t.global_batch // (p.dp * t.micro_batch)
-    ids, split, n_stages = _local_stages(cfg, pp_rank)
+    ids, sizes, n_stages = _local_stages(cfg, pp_rank)
     psi = rank_params(cfg, pp_rank)
     last = (n_stages - 1) in ids
     dp, zero = p.dp, p.zero if p.dp > 1 else 0
@@ -273,7 +273,7 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
             # a pipeline stage's backward keeps the blocks it gathers (the schedule turns
             # resharding after backward off until the stage's gradients are reduced): the
             # largest stage's blocks, and no prefetch beyond the stage
-            compute_copy = c * max(len(split[s]) for s in ids) * block_params(cfg.model, p.tp)
+            compute_copy = c * max(sizes[s] for s in ids) * block_params(cfg.model, p.tp)
     else:
         compute_copy = c * psi if c != FP32 else 0
     if replicated:
@@ -290,11 +290,11 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     )
     stages = [
         (
-            len(split[s]),
+            sizes[s],
             stage_params(
                 cfg.model,
                 cfg.parallel.tp,
-                layers=len(split[s]),
+                layers=sizes[s],
                 first=s == 0,
                 last=s == n_stages - 1,
             ),

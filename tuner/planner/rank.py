@@ -57,10 +57,10 @@ class PlanRow:
     def as_dict(self) -> dict:
         """The fields by name, sharing ``step_parts_s`` (``dataclasses.asdict`` deep-copies
         every value, which dominates the time of writing tens of thousands of rows)."""
-        return {name: getattr(self, name) for name in _FIELDS}
+        return {name: getattr(self, name) for name in FIELDS}
 
 
-_FIELDS = tuple(f.name for f in fields(PlanRow))
+FIELDS = tuple(f.name for f in fields(PlanRow))
 
 
 def peak_memory(cfg: RunConfig, cluster: Cluster) -> int:
