@@ -48,7 +48,7 @@ Embedding and head count with the padded vocabulary (model.vocab_pad_multiple).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from engine.config import PP_SCHEDULES, RunConfig
 from engine.metrics.memory_terms import (
@@ -89,9 +89,14 @@ class MemoryPrediction:
 
 def host_build_bytes(cfg: RunConfig, rank: int, device: str) -> int:
     """Peak host bytes while rank ``rank`` builds and initialises its part (module docstring)."""
+    pp_rank, _, _ = coordinates(rank, cfg.parallel)
+    return _host_build(cfg, pp_rank, *_local_stages(cfg, pp_rank), device)
+
+
+def _host_build(
+    cfg: RunConfig, pp_rank: int, ids: list[int], sizes: tuple[int, ...], n_stages: int, device: str
+) -> int:
     p = cfg.parallel
-    pp_rank, _, _ = coordinates(rank, p)
-    ids, sizes, n_stages = _local_stages(cfg, pp_rank)
     largest = max(
         largest_param(cfg, layers=sizes[s], first=s == 0, last=s == n_stages - 1) for s in ids
     )
@@ -239,7 +244,7 @@ def _backward_peak(
         ends[-1] = (pa, g + late_grads, a)
         moments += ends
     params, grads, acts = max(moments, key=sum)  # the first of equal totals, as before
-    return replace(base, params=params, grads=grads, activations=acts)
+    return MemoryPrediction(params, grads, base.optimizer, acts)
 
 
 def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
@@ -339,7 +344,8 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         params=master, grads=buckets + grads_full, optimizer=moments, activations=buffers
     )
     peak = max(backward, step, key=lambda x: x.total)
-    return replace(peak, host_build=host_build_bytes(cfg, rank, device))
+    host = _host_build(cfg, pp_rank, ids, sizes, n_stages, device)
+    return MemoryPrediction(peak.params, peak.grads, peak.optimizer, peak.activations, host)
 
 
 def predict_all(cfg: RunConfig, device: str) -> list[MemoryPrediction]:
