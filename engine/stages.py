@@ -43,7 +43,12 @@ def _split(n: int, head: float, n_stages: int) -> tuple[range, ...]:
 
 def stage_sizes(cfg: ModelConfig, n_stages: int) -> tuple[int, ...]:
     """Blocks per stage (what the planner needs of ``split_layers``, without the lists)."""
-    return tuple(len(r) for r in _split(cfg.n_layers, stage_costs(cfg)[1], n_stages))
+    return _sizes(cfg.n_layers, stage_costs(cfg)[1], n_stages)
+
+
+@functools.cache  # _split's, counted: asked for as often
+def _sizes(n: int, head: float, n_stages: int) -> tuple[int, ...]:
+    return tuple(len(r) for r in _split(n, head, n_stages))
 
 
 def representative_ranks(cfg: ModelConfig, parallel: ParallelConfig) -> list[int]:
@@ -51,15 +56,18 @@ def representative_ranks(cfg: ModelConfig, parallel: ParallelConfig) -> list[int
     the last (head) and one with the most blocks; the others hold fewer or as many blocks."""
     if parallel.pp == 1:
         return [0]
-    total = n_stages(parallel)
-    sizes = stage_sizes(cfg, total)
     p = parallel
+    sizes = stage_sizes(cfg, n_stages(p))
+    return list(_representative(sizes, p.pp, p.pp_schedule, p.pp_virtual_stages))
 
+
+@functools.cache  # a function of the stage sizes and placement, shared by many layouts
+def _representative(sizes: tuple[int, ...], pp: int, schedule: str, v: int) -> tuple[int, ...]:
     def blocks(r: int) -> int:
-        return sum(sizes[s] for s in local_stage_ids(r, p.pp, p.pp_schedule, p.pp_virtual_stages))
+        return sum(sizes[s] for s in local_stage_ids(r, pp, schedule, v))
 
-    most = max(range(p.pp), key=blocks)
-    return sorted({0, p.pp - 1, most})
+    most = max(range(pp), key=blocks)
+    return tuple(sorted({0, pp - 1, most}))
 
 
 def _cuts(n: int, head: float, n_stages: int) -> tuple[int, ...]:
@@ -102,12 +110,15 @@ def coordinates(rank: int, parallel: ParallelConfig) -> tuple[int, int, int]:
 
 def rank_params(cfg: RunConfig, pp_rank: int) -> int:
     """Ψ: parameters pipeline rank ``pp_rank`` holds before data-parallel sharding."""
-    p, m = cfg.parallel, cfg.model
-    total = n_stages(p)
-    if total == 1:
-        return stage_params(m, p.tp, layers=m.n_layers, first=True, last=True)
-    sizes = stage_sizes(m, total)
-    ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    return sum(
-        stage_params(m, p.tp, layers=sizes[s], first=s == 0, last=s == total - 1) for s in ids
-    )
+    p, total = cfg.parallel, n_stages(cfg.parallel)
+    ids = [0] if total == 1 else local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+    return _rank_params(tuple(vars(cfg.model).items()), p.tp, total, tuple(ids))
+
+
+# a function of the model's fields (plain values, so a key by value) and the stages held:
+# the planner asks for the same few for thousands of layouts
+@functools.cache
+def _rank_params(model: tuple, tp: int, total: int, ids: tuple[int, ...]) -> int:
+    m = ModelConfig(**dict(model))
+    sizes = (m.n_layers,) if total == 1 else stage_sizes(m, total)
+    return sum(stage_params(m, tp, layers=sizes[s], first=s == 0, last=s == total - 1) for s in ids)

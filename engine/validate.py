@@ -56,8 +56,13 @@ def _release(version: str) -> tuple[int, int]:
 
 def schedules_in_torch(version: str | None) -> list[str]:
     """The pipeline schedules torch ``version`` has (every one when the version is unknown)."""
+    return list(_schedules_in(version))
+
+
+@functools.cache  # a fixed table against one version string: checked for every layout
+def _schedules_in(version: str | None) -> tuple[str, ...]:
     have = _release(version) if version else None
-    return [k for k, v in PP_SCHEDULE_SINCE.items() if have is None or _release(v) <= have]
+    return tuple(k for k, v in PP_SCHEDULE_SINCE.items() if have is None or _release(v) <= have)
 
 
 def missing_schedule(schedule: str, version: str | None) -> ConfigError:
@@ -70,7 +75,12 @@ def missing_schedule(schedule: str, version: str | None) -> ConfigError:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    return list(_divisor_tuple(n))
+
+
+@functools.cache  # error messages of a plan's many layouts ask for the same few numbers
+def _divisor_tuple(n: int) -> tuple[int, ...]:
+    return tuple(d for d in range(1, n + 1) if n % d == 0)
 
 
 _SOURCE_KEYS = {"hf": "hf_config", "custom": "factory"}  # model.source -> the key it reads
@@ -247,7 +257,7 @@ def _check_pipeline(cfg: RunConfig, *, model_shape: bool) -> None:
                 "parallel.pp=1; set parallel.pp > 1 or parallel.pp_virtual_stages=1."
             )
         return
-    if p.pp_schedule not in schedules_in_torch(installed_torch()):
+    if p.pp_schedule not in _schedules_in(installed_torch()):
         raise missing_schedule(p.pp_schedule, installed_torch())
     looped = [k for k, v in PP_SCHEDULES.items() if v == "loop"]
     if placement == "single" and p.pp_virtual_stages > 1:

@@ -48,7 +48,7 @@ Embedding and head count with the padded vocabulary (model.vocab_pad_multiple).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from engine.config import PP_SCHEDULES, RunConfig
 from engine.metrics.memory_terms import (
@@ -64,7 +64,7 @@ from engine.metrics.memory_terms import (
     weight_pass_stash_bytes,
 )
 from engine.shapes import block_params, stage_params
-from engine.stages import coordinates, local_stage_ids, rank_params, split_layers, stages_per_rank
+from engine.stages import coordinates, local_stage_ids, rank_params, stage_sizes, stages_per_rank
 from engine.validate import SPLIT_BACKWARD
 
 # schedules that run every micro-batch's forward before the backwards start
@@ -89,11 +89,16 @@ class MemoryPrediction:
 
 def host_build_bytes(cfg: RunConfig, rank: int, device: str) -> int:
     """Peak host bytes while rank ``rank`` builds and initialises its part (module docstring)."""
+    pp_rank, _, _ = coordinates(rank, cfg.parallel)
+    return _host_build(cfg, pp_rank, *_local_stages(cfg, pp_rank), device)
+
+
+def _host_build(
+    cfg: RunConfig, pp_rank: int, ids: list[int], sizes: tuple[int, ...], n_stages: int, device: str
+) -> int:
     p = cfg.parallel
-    pp_rank, _, _ = coordinates(rank, p)
-    ids, split, n_stages = _local_stages(cfg, pp_rank)
     largest = max(
-        largest_param(cfg, layers=len(split[s]), first=s == 0, last=s == n_stages - 1) for s in ids
+        largest_param(cfg, layers=sizes[s], first=s == 0, last=s == n_stages - 1) for s in ids
     )
     # the full value, and this rank's slice of it when a copy is needed to make it contiguous
     transient = FP32 * (largest + (largest // p.tp if p.tp > 1 else 0))
@@ -104,14 +109,14 @@ def host_build_bytes(cfg: RunConfig, rank: int, device: str) -> int:
     return shard + transient
 
 
-def _local_stages(cfg: RunConfig, pp_rank: int) -> tuple[list[int], list[list[int]], int]:
-    """(this pipeline rank's stage ids, layers of every stage, number of stages)."""
+def _local_stages(cfg: RunConfig, pp_rank: int) -> tuple[list[int], tuple[int, ...], int]:
+    """(this pipeline rank's stage ids, number of layers of every stage, number of stages)."""
     p, m = cfg.parallel, cfg.model
     n_stages = p.pp * stages_per_rank(p.pp_schedule, p.pp_virtual_stages)
     if p.pp == 1:
-        return [0], [list(range(m.n_layers))], 1
+        return [0], (m.n_layers,), 1
     ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    return ids, split_layers(m, n_stages), n_stages
+    return ids, stage_sizes(m, n_stages), n_stages
 
 
 def _in_flight(cfg: RunConfig, n_micro: int, stage_rank: int) -> int:
@@ -167,14 +172,16 @@ def _backward_peak(
     # its receive buffer's gradient) until the next step starts
     boundary = tokens * m.d_model * stream_bytes(cfg)
 
-    def moment(units: int, grads_of: int, sent: int, reduced: int = 0) -> MemoryPrediction:
+    # a moment as (params, grads, activations): the optimizer state is base's throughout, and
+    # plain tuples keep the thousands of moments a plan weighs cheap to build
+    def moment(units: int, grads_of: int, sent: int, reduced: int = 0) -> tuple[int, int, int]:
         """``units`` layer-micro-batches in flight; the gradients of ``grads_of`` parameters,
         ``reduced`` of them already reduced; ``sent`` input gradients kept."""
         grads = base.grads + accumulated * (grads_of - reduced) // psi
         grads += reduced_bytes(reduced) if accumulated else 0
         acts = base.activations + units * unit + sent * boundary
         params = base.params - released(reduced)
-        return replace(base, params=params, grads=grads, activations=acts)
+        return params, grads, acts
 
     deepest = _in_flight(cfg, n_micro, pp_rank)
     if deepest < n_micro:
@@ -220,13 +227,11 @@ def _backward_peak(
         # V schedule at world sizes 2 and 4)
         waiting = min(-(-n_micro // p.pp), p.pp)
         stash = waiting * layers * weight_pass_stash_bytes(cfg, tokens)
-        cores = [replace(x, activations=x.activations + stash) for x in cores]
+        cores = [(pa, g, a + stash) for pa, g, a in cores]
     # each backward starts at the loss head (its temporaries) or, after them, with the first
     # block's parameter gather in flight
-    moments = [replace(x, activations=x.activations + head) for x in cores]
-    moments += [
-        replace(x, params=x.params + gather, activations=x.activations + retained) for x in cores
-    ]
+    moments = [(pa, g, a + head) for pa, g, a in cores]
+    moments += [(pa + gather, g, a + retained) for pa, g, a in cores]
     if t.activation_checkpointing != "none":
         # during each backward a layer is recomputed in full, after its gather has landed; at
         # the last one, the gradients of the stage's later layers exist too (unless the weight
@@ -234,10 +239,12 @@ def _backward_peak(
         late_grads, work = last_recompute(cfg, tokens=tokens, layers=layers, last=last)
         if split:
             late_grads = 0
-        ends = [replace(x, activations=x.activations + work) for x in cores]
-        ends[-1] = replace(ends[-1], grads=ends[-1].grads + late_grads)
+        ends = [(pa, g, a + work) for pa, g, a in cores]
+        pa, g, a = ends[-1]
+        ends[-1] = (pa, g + late_grads, a)
         moments += ends
-    return max(moments, key=lambda x: x.total)
+    params, grads, acts = max(moments, key=sum)  # the first of equal totals, as before
+    return MemoryPrediction(params, grads, base.optimizer, acts)
 
 
 def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
@@ -247,7 +254,7 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     pp_rank, _, _ = coordinates(rank, p)
     c = COMPUTE_BYTES[t.precision]
     n_micro = t.global_batch // (p.dp * t.micro_batch)
-    ids, split, n_stages = _local_stages(cfg, pp_rank)
+    ids, sizes, n_stages = _local_stages(cfg, pp_rank)
     psi = rank_params(cfg, pp_rank)
     last = (n_stages - 1) in ids
     dp, zero = p.dp, p.zero if p.dp > 1 else 0
@@ -271,7 +278,7 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
             # a pipeline stage's backward keeps the blocks it gathers (the schedule turns
             # resharding after backward off until the stage's gradients are reduced): the
             # largest stage's blocks, and no prefetch beyond the stage
-            compute_copy = c * max(len(split[s]) for s in ids) * block_params(cfg.model, p.tp)
+            compute_copy = c * max(sizes[s] for s in ids) * block_params(cfg.model, p.tp)
     else:
         compute_copy = c * psi if c != FP32 else 0
     if replicated:
@@ -288,11 +295,11 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     )
     stages = [
         (
-            len(split[s]),
+            sizes[s],
             stage_params(
                 cfg.model,
                 cfg.parallel.tp,
-                layers=len(split[s]),
+                layers=sizes[s],
                 first=s == 0,
                 last=s == n_stages - 1,
             ),
@@ -337,7 +344,8 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         params=master, grads=buckets + grads_full, optimizer=moments, activations=buffers
     )
     peak = max(backward, step, key=lambda x: x.total)
-    return replace(peak, host_build=host_build_bytes(cfg, rank, device))
+    host = _host_build(cfg, pp_rank, ids, sizes, n_stages, device)
+    return MemoryPrediction(peak.params, peak.grads, peak.optimizer, peak.activations, host)
 
 
 def predict_all(cfg: RunConfig, device: str) -> list[MemoryPrediction]:

@@ -35,6 +35,14 @@ def _schedules(space: PlanOptions, pp: int) -> Iterator[tuple[str, int]]:
 
 def layouts(base: RunConfig, world_size: int, space: PlanOptions) -> Iterator[RunConfig]:
     """Every combination, valid or not (the planner says why one cannot run)."""
+    # the training settings do not depend on the degrees: built once, shared by the layouts
+    # (as each ParallelConfig is by its micro-batch, checkpointing and precision variants)
+    trains = [
+        dataclasses.replace(base.train, micro_batch=mb, activation_checkpointing=ac, precision=prec)
+        for mb, ac, prec in itertools.product(
+            space.micro_batch, space.activation_checkpointing, space.precision
+        )
+    ]
     for tp in _divisors(world_size):
         for pp in _divisors(world_size // tp):
             dp = world_size // (tp * pp)
@@ -52,10 +60,5 @@ def layouts(base: RunConfig, world_size: int, space: PlanOptions) -> Iterator[Ru
                     pp_schedule=sched,
                     pp_virtual_stages=v,
                 )
-                for mb, ac, prec in itertools.product(
-                    space.micro_batch, space.activation_checkpointing, space.precision
-                ):
-                    train = dataclasses.replace(
-                        base.train, micro_batch=mb, activation_checkpointing=ac, precision=prec
-                    )
+                for train in trains:
                     yield dataclasses.replace(base, parallel=parallel, train=train)

@@ -3,7 +3,6 @@ every layout), then figures drawn from it."""
 
 from __future__ import annotations
 
-import dataclasses
 import html
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from tuner.config import Loaded
 from tuner.perf.cluster import Cluster
 from tuner.perf.errors import ErrorBands, layout_kind
 from tuner.perf.model import Coefficients
-from tuner.planner.rank import PlanRow
+from tuner.planner.rank import FIELDS, PlanRow
 from tuner.planner.show import describe, infeasible_summary
 from tuner.report.html import figure_html, page
 
@@ -23,9 +22,10 @@ GIB = 2**30
 
 def plan_frame(rows: list[PlanRow]) -> pd.DataFrame:
     """One row per layout, best first: its knobs, verdict and predictions."""
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
-    if df.empty:
-        return df
+    if not rows:
+        return pd.DataFrame()
+    # built column by column: far faster than from one dict per row, with the same dtypes
+    df = pd.DataFrame({name: [getattr(r, name) for r in rows] for name in FIELDS})
     df.insert(0, "layout", [describe(r) for r in rows])
     df.insert(1, "kind", [layout_kind(r.dp, r.tp, r.pp) for r in rows])
     df["predicted_mem_gib_per_gpu"] = df["predicted_mem_bytes_per_gpu"] / GIB

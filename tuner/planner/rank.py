@@ -3,7 +3,7 @@ the performance model says it steps; then all of them, best first."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from engine.config import ConfigError, RunConfig
 from engine.metrics.flops import flops_per_token
@@ -53,6 +53,14 @@ class PlanRow:
             feasible,
             reason,
         )
+
+    def as_dict(self) -> dict:
+        """The fields by name, sharing ``step_parts_s`` (``dataclasses.asdict`` deep-copies
+        every value, which dominates the time of writing tens of thousands of rows)."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+FIELDS = tuple(f.name for f in fields(PlanRow))
 
 
 def peak_memory(cfg: RunConfig, cluster: Cluster) -> int:
