@@ -58,29 +58,60 @@ def _dp(cfg: RunConfig) -> str:
         return "?"
 
 
-def _pipeline(cfg: RunConfig) -> str:
-    p = cfg.parallel
-    if p.pp == 1:  # virtual stages without a pipeline are why such a layout is pruned: said
-        return "pp1" if p.pp_virtual_stages == 1 else f"pp1×{p.pp_virtual_stages}"
-    loops = PP_SCHEDULES.get(p.pp_schedule, "single") != "single"
-    stages = f"×{p.pp_virtual_stages}" if loops or p.pp_virtual_stages > 1 else ""
-    return f"pp{p.pp} {p.pp_schedule}{stages}"
+def _pipeline(pp: int, schedule: str, virtual: int) -> str:
+    if pp == 1:  # virtual stages without a pipeline are why such a layout is pruned: said
+        return "pp1" if virtual == 1 else f"pp1×{virtual}"
+    loops = PP_SCHEDULES.get(schedule, "single") != "single"
+    stages = f"×{virtual}" if loops or virtual > 1 else ""
+    return f"pp{pp} {schedule}{stages}"
+
+
+def layout_words(
+    *,
+    dp: int | str,
+    zero: int,
+    tp: int,
+    sp: bool,
+    pp: int,
+    pp_schedule: str,
+    pp_virtual_stages: int,
+    micro_batch: int,
+    precision: str,
+    activation_checkpointing: str,
+) -> str:
+    """A layout in words, from its degrees and knobs (the planner names its rows with it
+    too, so a planned layout reads as the sweep that measures it will name it)."""
+    dp = str(dp)
+    words = [f"dp{dp}"]
+    if zero:
+        words.append(f"ZeRO-{zero}")
+    elif dp not in ("1", "?"):  # stage 0 with data parallelism is plain DDP
+        words.append("DDP")
+    words.append(f"tp{tp}+SP" if sp and tp > 1 else f"tp{tp}")
+    words.append(_pipeline(pp, pp_schedule, pp_virtual_stages))
+    words += [f"mb{micro_batch}", precision]
+    ac = activation_checkpointing
+    words.append("no AC" if ac == "none" else f"{ac} AC")
+    return SEP.join(words)
 
 
 def layout_name(cfg: RunConfig, *, also: Iterable[str] = ()) -> str:
     """The run's layout in words; ``also``: further searched keys to state (``lr=0.001``)."""
     p, t = cfg.parallel, cfg.train
-    dp = _dp(cfg)
-    words = [f"dp{dp}"]
-    if p.zero:
-        words.append(f"ZeRO-{p.zero}")
-    elif dp not in ("1", "?"):  # stage 0 with data parallelism is plain DDP
-        words.append("DDP")
-    words.append(f"tp{p.tp}+SP" if p.sp and p.tp > 1 else f"tp{p.tp}")
-    words.append(_pipeline(cfg))
-    words += [f"mb{t.micro_batch}", t.precision]
-    ac = t.activation_checkpointing
-    words.append("no AC" if ac == "none" else f"{ac} AC")
+    words = [
+        layout_words(
+            dp=_dp(cfg),
+            zero=p.zero,
+            tp=p.tp,
+            sp=p.sp,
+            pp=p.pp,
+            pp_schedule=p.pp_schedule,
+            pp_virtual_stages=p.pp_virtual_stages,
+            micro_batch=t.micro_batch,
+            precision=t.precision,
+            activation_checkpointing=t.activation_checkpointing,
+        )
+    ]
     for key in also:
         if key not in NAMED_KEYS:
             name = key.split(".")[-1]

@@ -9,11 +9,13 @@ import dataclasses
 import pandas as pd
 
 from tuner.config import load, to_container
+from tuner.layout_name import layout_name
 from tuner.perf.model import prior_for
 from tuner.planner.command import resolve_cluster
 from tuner.planner.layouts import layouts
 from tuner.planner.page import plan_frame
-from tuner.planner.rank import rank_all
+from tuner.planner.rank import PlanRow, rank_all
+from tuner.planner.show import describe
 from tuner.schema import PlanOptions
 
 
@@ -34,3 +36,16 @@ def test_rows_as_dicts_and_as_a_frame_hold_every_field() -> None:
     assert df[list(by_row.columns)].equals(by_row)
     assert (df[list(by_row.columns)].dtypes == by_row.dtypes).all()
     assert plan_frame([]).empty
+
+
+def test_a_planned_layout_is_named_as_the_sweep_that_measures_it_names_it() -> None:
+    cfg = load(["model=llama-1b", "cluster=h100-sxm", "train.global_batch=64"])
+    options = PlanOptions(**to_container(cfg.raw.plan))
+    seen = 0
+    for run in layouts(cfg.run, 16, options):
+        row = PlanRow.of(run, feasible=True)
+        assert describe(row) == layout_name(run)
+        seen += 1
+        if seen == 500:
+            break
+    assert seen == 500

@@ -6,6 +6,7 @@ import collections
 import shlex
 
 from tuner.config import Loaded
+from tuner.layout_name import layout_words
 from tuner.perf.errors import ErrorBands
 from tuner.planner.rank import PlanRow
 
@@ -13,18 +14,19 @@ GIB = 2**30
 
 
 def describe(r: PlanRow) -> str:
-    """The layout in its own terms: only the knobs that apply to it."""
-    parts = [f"dp{r.dp}", f"tp{r.tp}" + ("+sp" if r.sp else ""), f"pp{r.pp}"]
-    if r.dp > 1:
-        parts.append(f"zero{r.zero}")
-    if r.pp > 1:
-        v = f"/v{r.pp_virtual_stages}" if r.pp_virtual_stages > 1 else ""
-        parts.append(r.pp_schedule + v)
-    parts.append(f"mb{r.micro_batch}")
-    if r.activation_checkpointing != "none":
-        parts.append(f"ac={r.activation_checkpointing}")
-    parts.append(r.precision)
-    return " ".join(parts)
+    """The layout in the words a sweep's report names it by (tuner.layout_name)."""
+    return layout_words(
+        dp=r.dp,
+        zero=r.zero,
+        tp=r.tp,
+        sp=r.sp,
+        pp=r.pp,
+        pp_schedule=r.pp_schedule,
+        pp_virtual_stages=r.pp_virtual_stages,
+        micro_batch=r.micro_batch,
+        precision=r.precision,
+        activation_checkpointing=r.activation_checkpointing,
+    )
 
 
 def _band(bands: ErrorBands, r: PlanRow) -> str:
