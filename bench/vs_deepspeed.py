@@ -1,13 +1,16 @@
 """paratune's ``Engine`` against DeepSpeed at ZeRO 0-3, and a bare DDP loop, side by side.
 
 Every arm trains the same model (this engine's GPT, the same seeded weights) on the same seeded
-batches with the same AdamW settings and no gradient clipping, as 2 ranks on CPU (gloo), and is
-timed by the same external stopwatch: a barrier, then ``perf_counter`` around one optimizer step
-as its API runs it, then a barrier (so a step lasts as long as its slowest rank). Launches are
-interleaved (arm order reversed every other repeat); per arm the median step of each launch,
-then the median and range over launches; the ratio per ZeRO stage is paratune's tokens/s over
-DeepSpeed's. DeepSpeed is not a dependency of paratune: it lives in this benchmark's own
-virtual environment, which reuses the installed torch:
+batches with the same AdamW settings and no gradient clipping, each otherwise with its
+defaults but for one: paratune's ZeRO 2/3 run the whole model as one FSDP unit
+(``parallel.fsdp_unit_layers=0``), the granularity DeepSpeed's default buckets give this model
+(``--fsdp-unit-layers 1``: one unit per block, the engine's default). They run as 2 ranks on
+CPU (gloo), timed by the same external stopwatch: a barrier, then ``perf_counter`` around one
+optimizer step as its API runs it, then a barrier (so a step lasts as long as its slowest
+rank). Launches are interleaved (arm order reversed every other repeat); per arm the median
+step of each launch, then the median and range over launches; the ratio per ZeRO stage is
+paratune's tokens/s over DeepSpeed's. DeepSpeed is not a dependency of paratune: it lives in
+this benchmark's own virtual environment, which reuses the installed torch:
 
     python -m venv --system-site-packages bench/.venv-deepspeed
     TORCH=$(python -c 'import torch; print(torch.__version__.split("+")[0])')
