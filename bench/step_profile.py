@@ -6,7 +6,11 @@ in ``vs_deepspeed.py`` as 2 ranks on CPU; after the warmup steps, one step as it
 under ``torch.profiler`` and rank 0 counts its events: collectives (the ``c10d::`` calls),
 host syncs (``aten::_local_scalar_dense``: ``.item()``, ``float()``), the optimizer's kernels
 (fused, foreach or one op per parameter) and all ``aten::`` ops dispatched. Counts do not
-depend on how busy the machine is, so they say what a noisy stopwatch cannot.
+depend on how busy the machine is, so they say what a noisy stopwatch cannot. Next to them,
+per step and unprofiled: the process's CPU time (every thread: compute, and gloo's own
+threads' reductions and socket copies; waiting costs none), its system part, and its minor
+page faults (pages the kernel had to zero-fill for buffers the allocator gave back to it);
+CPU time moves far less with other load on the machine than wall time does.
 
     PYTHONPATH=$PWD bench/.venv-deepspeed/bin/python bench/step_profile.py [--quick]
 
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import resource
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict
@@ -34,6 +40,18 @@ COLUMNS = {
     "addcdiv_": lambda n: n == "aten::addcdiv_",  # one per parameter in the for-loop AdamW
     "aten ops": lambda n: n.startswith("aten::"),
 }
+
+# per unprofiled step, on rank 0: median over the measured steps
+USAGE = ("cpu ms", "system ms", "minor faults")
+
+
+def _usage(before: resource.struct_rusage, after: resource.struct_rusage) -> dict[str, float]:
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {
+        "cpu ms": 1000 * (user + system),
+        "system ms": 1000 * system,
+        "minor faults": after.ru_minflt - before.ru_minflt,
+    }
 
 
 def worker(arm: Arm, setup: Setup, out: Path) -> None:
@@ -60,22 +78,30 @@ def worker(arm: Arm, setup: Setup, out: Path) -> None:
     data = SyntheticTokens(model_cfg.vocab_size, model_cfg.seq_len, 0, setup.micro_batch * world)
     counts: collections.Counter = collections.Counter()
     collectives: collections.Counter = collections.Counter()
-    for i in range(setup.steps):
+    usage: list[dict[str, float]] = []
+    n = setup.steps - setup.warmup
+    # warmup, then n steps measured without the profiler (its buffers would be the faults),
+    # then n steps counted under it
+    for i in range(setup.steps + n):
         [batch] = data.micro_batches(i, dp_rank=rank, dp=world, micro_batch=setup.micro_batch)
         dist.barrier()
         if i < setup.warmup:
             step(batch)
-            continue
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        elif i < setup.steps:
+            before = resource.getrusage(resource.RUSAGE_SELF)
             step(batch)
-        for event in prof.events():
-            counts.update(col for col, match in COLUMNS.items() if match(event.name))
-            if event.name.startswith("c10d::"):
-                collectives[event.name.removeprefix("c10d::").rstrip("_")] += 1
+            usage.append(_usage(before, resource.getrusage(resource.RUSAGE_SELF)))
+        else:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step(batch)
+            for event in prof.events():
+                counts.update(col for col, match in COLUMNS.items() if match(event.name))
+                if event.name.startswith("c10d::"):
+                    collectives[event.name.removeprefix("c10d::").rstrip("_")] += 1
     dist.barrier()
-    n = setup.steps - setup.warmup
     if rank == 0:
         per_step = {k: counts[k] / n for k in COLUMNS}
+        per_step |= {k: statistics.median(u[k] for u in usage) for k in USAGE}
         per_step["which"] = ", ".join(f"{k} {v / n:g}" for k, v in sorted(collectives.items()))
         out.write_text(json.dumps(per_step))
     close()
@@ -102,8 +128,9 @@ def main() -> None:
     except ImportError:
         arms = [a for a in ARMS if a.engine != "deepspeed"]
     arms = [a for a in arms if not args.arms or a.name in args.arms]
-    setup = Setup({} if args.quick else MODEL, 2 if args.quick else 4, 4, 2)
-    rows = [f"| arm | {' | '.join(COLUMNS)} | collectives by kind |", "|---" * 8 + "|"]
+    setup = Setup({} if args.quick else MODEL, 2 if args.quick else 4, 6, 2)
+    names = [*COLUMNS, *USAGE]
+    rows = [f"| arm | {' | '.join(names)} | collectives by kind |", "|---" * (len(names) + 2) + "|"]
     with tempfile.TemporaryDirectory() as tmp:
         for arm in arms:
             out = Path(tmp) / f"{arm.engine}{arm.zero}{arm.precision}.json"
@@ -113,7 +140,7 @@ def main() -> None:
             if not result.ok:
                 raise SystemExit(f"{arm.name}: {result.log_paths[0].read_text()[-3000:]}")
             c = json.loads(out.read_text())
-            cells = " | ".join(f"{c[k]:g}" for k in COLUMNS)
+            cells = " | ".join(f"{c[k]:.4g}" for k in names)
             rows.append(f"| {arm.name} | {cells} | {c['which']} |")
             print(rows[-1], flush=True)
     print("\n".join(rows))

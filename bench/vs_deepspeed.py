@@ -1,13 +1,16 @@
 """paratune's ``Engine`` against DeepSpeed at ZeRO 0-3, and a bare DDP loop, side by side.
 
 Every arm trains the same model (this engine's GPT, the same seeded weights) on the same seeded
-batches with the same AdamW settings and no gradient clipping, as 2 ranks on CPU (gloo), and is
-timed by the same external stopwatch: a barrier, then ``perf_counter`` around one optimizer step
-as its API runs it, then a barrier (so a step lasts as long as its slowest rank). Launches are
-interleaved (arm order reversed every other repeat); per arm the median step of each launch,
-then the median and range over launches; the ratio per ZeRO stage is paratune's tokens/s over
-DeepSpeed's. DeepSpeed is not a dependency of paratune: it lives in this benchmark's own
-virtual environment, which reuses the installed torch:
+batches with the same AdamW settings and no gradient clipping, each otherwise with its
+defaults but for one: paratune's ZeRO 2/3 run the whole model as one FSDP unit
+(``parallel.fsdp_unit_layers=0``), the granularity DeepSpeed's default buckets give this model
+(``--fsdp-unit-layers 1``: one unit per block, the engine's default). They run as 2 ranks on
+CPU (gloo), timed by the same external stopwatch: a barrier, then ``perf_counter`` around one
+optimizer step as its API runs it, then a barrier (so a step lasts as long as its slowest
+rank). Launches are interleaved (arm order reversed every other repeat); per arm the median
+step of each launch, then the median and range over launches; the ratio per ZeRO stage is
+paratune's tokens/s over DeepSpeed's. DeepSpeed is not a dependency of paratune: it lives in
+this benchmark's own virtual environment, which reuses the installed torch:
 
     python -m venv --system-site-packages bench/.venv-deepspeed
     TORCH=$(python -c 'import torch; print(torch.__version__.split("+")[0])')
@@ -66,6 +69,11 @@ class Setup:
     micro_batch: int
     steps: int
     warmup: int
+    # blocks per FSDP2 unit under ZeRO 2/3 (parallel.fsdp_unit_layers). 0, the whole model:
+    # DeepSpeed's default buckets (reduce and all-gather 5e8 elements, stage 3 keeping up to
+    # 1e9 parameters live) take this 5.3M-parameter model whole too, so both move it in a few
+    # large collectives; one unit per block issues 2 of them per block
+    fsdp_unit_layers: int = 0
 
 
 # --- one rank -------------------------------------------------------------------------------
@@ -84,8 +92,9 @@ def _paratune(arm: Arm, setup: Setup, model_cfg):
         grad_clip=0.0,
         **OPTIM,
     )
+    units = setup.fsdp_unit_layers if arm.zero >= 2 else 1  # no FSDP below ZeRO 2
     config = EngineConfig(
-        parallel=ParallelConfig(dp=NPROC, zero=arm.zero),
+        parallel=ParallelConfig(dp=NPROC, zero=arm.zero, fsdp_unit_layers=units),
         train=train,
         measure=MeasureConfig(profile_steps=0),  # no profiler: the stopwatch is outside
         device="cpu",
@@ -231,6 +240,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="tiny model, 4 steps, 1 launch")
+    parser.add_argument("--fsdp-unit-layers", type=int, default=0, help="0: the whole model")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -245,9 +255,10 @@ def main() -> None:
             f"repository root:\n{INSTALL}"
         )
     if args.quick:
-        setup, repeats = Setup({}, 2, 4, 2), 1
+        setup, repeats = Setup({}, 2, 4, 2, args.fsdp_unit_layers), 1
     else:
-        setup, repeats = Setup(MODEL, args.micro_batch, args.steps, args.warmup), args.repeats
+        setup = Setup(MODEL, args.micro_batch, args.steps, args.warmup, args.fsdp_unit_layers)
+        repeats = args.repeats
     per_launch: dict[Arm, list[float]] = {a: [] for a in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):

@@ -102,6 +102,9 @@ class ParallelConfig:
     pp_schedule: str = "1f1b"  # one of PP_SCHEDULES
     pp_virtual_stages: int = 1  # stages per rank for the interleaved ("loop") schedules
     ddp_bucket_mb: float = 25.0  # DDP gradient bucket size (PyTorch's default)
+    fsdp_unit_layers: int = 1  # blocks per FSDP2 unit under zero 2/3 (one all-gather and one
+    # reduce-scatter each); 0 = the whole model as one unit: fewest collectives, but no overlap
+    # and every unsharded gradient held until the end of backward
 
     @property
     def n_ranks(self) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from engine import instrumented_group
+from engine import cpu_malloc, instrumented_group
 from engine.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def init(cfg: RunConfig, *, timeout_s: float = 300.0) -> DistContext:
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(cpu_threads(local_world))
+        cpu_malloc.keep_freed_memory()
     instrumented = bool(cfg.debug.comm_delay_ms or cfg.measure.count_calls)
     if instrumented and device.type == "cuda":
         raise ConfigError(

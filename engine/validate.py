@@ -294,6 +294,12 @@ def _check_combinations(cfg: RunConfig) -> None:
             f"`parallel.zero`={p.zero} shards over data-parallel ranks and has no effect with "
             "parallel.dp=1; set parallel.dp > 1 or parallel.zero=0."
         )
+    if p.fsdp_unit_layers != 1 and p.zero < 2:
+        raise ConfigError(
+            f"`parallel.fsdp_unit_layers`={p.fsdp_unit_layers} groups FSDP2's units and has no "
+            f"effect with parallel.zero={p.zero}; set parallel.zero 2 or 3, or "
+            "parallel.fsdp_unit_layers=1."
+        )
     if p.zero == 1 and (p.tp > 1 or p.pp > 1):
         raise ConfigError(
             "`parallel.zero=1` uses DDP + ZeroRedundancyOptimizer, which PyTorch cannot combine "

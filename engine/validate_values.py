@@ -185,6 +185,7 @@ RUN_RULES: dict[str, Rule] = {
     "parallel.pp_schedule": Rule("choice", choices=tuple(PP_SCHEDULES)),
     "parallel.pp_virtual_stages": _int(1, 1024),
     "parallel.ddp_bucket_mb": _float(0, 2**20, low_open=True),
+    "parallel.fsdp_unit_layers": _int(0, 2**20),  # 0: the whole model as one unit
     "train.micro_batch": _int(1, 2**24),
     "train.global_batch": _int(1, 2**30),
     "train.precision": Rule("choice", choices=PRECISIONS),

@@ -48,7 +48,7 @@ Embedding and head count with the padded vocabulary (model.vocab_pad_multiple).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from engine.config import PP_SCHEDULES, RunConfig
 from engine.metrics.memory_terms import (
@@ -247,6 +247,16 @@ def _backward_peak(
     return MemoryPrediction(params, grads, base.optimizer, acts)
 
 
+def fsdp_unit_params(cfg: RunConfig, psi: int) -> int:
+    """Parameters of the largest FSDP2 unit on a rank holding ``psi`` of them: a group of
+    ``parallel.fsdp_unit_layers`` blocks (``engine.parallel.data.unit_groups``), or ``psi``
+    when one unit holds every parameter (0)."""
+    k = cfg.parallel.fsdp_unit_layers
+    if k == 0:
+        return psi
+    return min(k, cfg.model.n_layers) * block_params(cfg.model, cfg.parallel.tp)
+
+
 def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     """Predicted peak of rank ``rank`` (global rank) of a validated config on ``device``
     ("cpu" or "cuda")."""
@@ -270,10 +280,13 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     # parameters in the compute dtype while forward/backward run: FSDP's gathered copies
     # (kept forward to backward under zero 2, one block plus the prefetched next under zero 3),
     # or autocast's cached low-precision copies
+    # the parameters of FSDP2's largest unit: parallel.fsdp_unit_layers blocks, or all of them
+    unit = fsdp_unit_params(cfg, psi)
     if zero == 2:
         compute_copy = c * psi
     elif zero == 3:
-        compute_copy = 2 * c * block_params(cfg.model, cfg.parallel.tp)
+        # one unit, and the next one prefetched (a single unit has no next one)
+        compute_copy = c * psi if unit == psi else 2 * c * unit
         if p.pp > 1:
             # a pipeline stage's backward keeps the blocks it gathers (the schedule turns
             # resharding after backward off until the stage's gradients are reduced): the
@@ -312,7 +325,9 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         # a block's pre-backward hook gathers the next block while this one is unsharded:
         # the collective's flat output buffer exists until it is copied out into the
         # parameters, and gloo (CPU) stages the gathered bytes in one more buffer of that size
-        gather = (2 if device == "cpu" else 1) * c * block_params(cfg.model, cfg.parallel.tp)
+        gather = (2 if device == "cpu" else 1) * c * unit
+        if unit == psi:  # one unit: its gather's output buffer, copied out into compute_copy
+            gather = c * psi
     # under a pipeline schedule, data parallelism reduces a stage's gradients once all its
     # micro-batches' backwards are done (its reduce-grad action, not block by block): from
     # then on the stage holds them sharded (ZeRO 2/3) or reduced in place, and its gathered
@@ -343,7 +358,16 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     step = MemoryPrediction(
         params=master, grads=buckets + grads_full, optimizer=moments, activations=buffers
     )
-    peak = max(backward, step, key=lambda x: x.total)
+    peaks = [backward, step]
+    if zero >= 2 and unit == psi:
+        # one unit: every unsharded gradient lives until backward ends, then meets the
+        # reduce-scatter's input and output in the reduction dtype (and on gloo, which runs
+        # it as an all-reduce, that collective's full-size output)
+        r = COMPUTE_BYTES[t.reduce_dtype]
+        staged = (2 if device == "cpu" else 1) * r * psi + r * psi // dp
+        grads = max(accumulated, c * psi) + staged
+        peaks.append(replace(base, grads=grads))
+    peak = max(peaks, key=lambda x: x.total)
     host = _host_build(cfg, pp_rank, ids, sizes, n_stages, device)
     return MemoryPrediction(peak.params, peak.grads, peak.optimizer, peak.activations, host)
 

@@ -76,14 +76,14 @@ def n_micro(cfg: RunConfig) -> int:
 
 
 def _local_units(cfg: RunConfig, pp_rank: int) -> int:
-    """FSDP2 units of this rank: one per block, plus each stage's root (the rest)."""
+    """FSDP2 units of this rank: one per group of ``parallel.fsdp_unit_layers`` blocks (none
+    for 0), plus each stage's root (the rest), as ``engine.parallel.data.unit_groups``."""
     p, m = cfg.parallel, cfg.model
     total = n_stages(p)
-    if total == 1:
-        return m.n_layers + 1
-    sizes = stage_sizes(m, total)
-    ids = local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
-    return sum(sizes[s] + 1 for s in ids)
+    sizes = [m.n_layers] if total == 1 else stage_sizes(m, total)
+    ids = [0] if total == 1 else local_stage_ids(pp_rank, p.pp, p.pp_schedule, p.pp_virtual_stages)
+    k = p.fsdp_unit_layers
+    return sum((math.ceil(sizes[s] / k) if k else 0) + 1 for s in ids)
 
 
 def _data_parallel(cfg: RunConfig, pp_rank: int, backend: str) -> list[Collective]:

@@ -38,6 +38,8 @@ LAYOUTS = {
     "zero1-dp2": ({"dp": 2, "zero": 1}, {}),
     "zero2-dp2": ({"dp": 2, "zero": 2}, {}),
     "zero3-dp2": ({"dp": 2, "zero": 3}, {}),
+    "zero2-dp2-one-unit": ({"dp": 2, "zero": 2, "fsdp_unit_layers": 0}, {}),
+    "zero3-dp2-units-of-2": ({"dp": 2, "zero": 3, "fsdp_unit_layers": 2}, {}),
     "tp2": ({"tp": 2}, {}),
     "tp2-sp": ({"tp": 2, "sp": True}, {}),
     **{

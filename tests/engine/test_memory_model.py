@@ -25,6 +25,20 @@ def test_model_states_follow_the_zero_paper() -> None:
     assert at(0).grads == 4 * PSI  # DDP's flat buckets exist from the start
 
 
+def test_one_fsdp_unit_holds_every_unsharded_gradient_until_backward_ends() -> None:
+    def at(zero: int, unit_layers: int):
+        parallel = {"dp": 2, "zero": zero, "fsdp_unit_layers": unit_layers}
+        return predict(tiny_config(parallel=parallel, train={"micro_batch": 4}), 0, "cpu")
+
+    whole, per_block = at(2, 0), at(2, 1)
+    # the unsharded gradients, then the reduction's input, gloo's output and the shard
+    assert whole.grads == 4 * PSI + 2 * 4 * PSI + 4 * PSI // 2
+    assert whole.total > per_block.total
+    # zero 3 holds a gathered unit and the next one's gather (one unit: its own output
+    # buffer, copied out into the parameters): larger units hold more
+    assert at(3, 1).params < at(3, 2).params < at(3, 0).params == 4 * PSI // 2 + 2 * 4 * PSI
+
+
 def test_pipeline_stages_split_the_parameters_exactly() -> None:
     cfg = tiny_config(parallel={"pp": 2}, train={"micro_batch": 2})
     total = sum(predict(cfg, rank, "cpu").optimizer for rank in range(2))

@@ -31,6 +31,11 @@ def test_defaults_are_valid():
         ({"parallel": {"sp": True}}, ["parallel.sp=true", "parallel.tp=1"]),
         ({"parallel": {"zero": 2}}, ["parallel.zero`=2", "parallel.dp=1"]),
         (
+            {"parallel": {"dp": 2, "zero": 1, "fsdp_unit_layers": 0}},
+            ["parallel.fsdp_unit_layers`=0", "parallel.zero=1", "zero 2 or 3"],
+        ),
+        ({"parallel": {"fsdp_unit_layers": -1}}, ["parallel.fsdp_unit_layers", "-1"]),
+        (
             {"parallel": {"zero": 1, "dp": 2, "tp": 2}},
             ["parallel.zero=1", "valid: parallel.zero 0, 2 or 3"],
         ),

@@ -61,6 +61,17 @@ def test_zero3_gathers_twice_what_zero2_does_and_pipelines_gather_once_per_step(
     assert gathers[2, 1] == pytest.approx(4 * 2 * gathers[2, 2], rel=0.05)
 
 
+@pytest.mark.parametrize(("unit_layers", "units"), [(1, 5), (2, 3), (3, 3), (0, 1)])
+def test_fsdp_units_of_several_layers_move_the_same_bytes_in_fewer_collectives(unit_layers, units):
+    per_block = collectives(_cfg({"dp": 2, "zero": 2}))
+    grouped = collectives(_cfg({"dp": 2, "zero": 2, "fsdp_unit_layers": unit_layers}))
+    for one, other in zip(per_block, grouped, strict=True):
+        assert (one.kind, one.bytes) == (other.kind, other.bytes)
+    # the tiny model's 4 blocks in groups (the last may be short), plus the root unit
+    counts = {c.phase: c.count for c in grouped if c.phase != "step"}  # not the norm's
+    assert counts == {"forward": 2 * units, "backward": units}  # gathers for 2 micro-batches
+
+
 def test_v_schedules_send_nothing_across_their_turn():
     # pp=2 in a V: rank 0 holds stages 0 and 3, rank 1 stages 1 and 2 (the turn: 1 -> 2)
     v = _cfg({"pp": 2, "pp_schedule": "zbv_zero_bubble"})
