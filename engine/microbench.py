@@ -11,6 +11,7 @@ capability, which the model scales by its fitted efficiencies.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,16 +49,24 @@ def _sustained(fn, seconds: float = 0.3) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def matmul_rates(precisions: tuple[str, ...] = ("fp32", "bf16")) -> list[dict]:
-    """FLOP/s of a (n, n) @ (n, n) matmul per size and dtype."""
-    out = []
-    for prec in precisions:
-        for n in MATMUL_SIZES:
-            a = torch.randn(n, n, dtype=DTYPES[prec])
-            b = torch.randn(n, n, dtype=DTYPES[prec])
-            seconds = _sustained(lambda a=a, b=b: torch.mm(a, b))
-            out.append({"precision": prec, "size": n, "flops_per_s": 2 * n**3 / seconds})
-    return out
+def matmul_rates(precisions: tuple[str, ...] = ("fp32", "bf16"), rounds: int = 3) -> list[dict]:
+    """FLOP/s of a (n, n) @ (n, n) matmul per size and dtype: the median of ``rounds`` passes
+    over every size and dtype, so that a few seconds of other load on the machine disturb
+    one pass, not the figure (one such spell once read a quarter of the rate as half)."""
+    inputs = {
+        (prec, n): (torch.randn(n, n, dtype=DTYPES[prec]), torch.randn(n, n, dtype=DTYPES[prec]))
+        for prec in precisions
+        for n in MATMUL_SIZES
+    }
+    seconds: dict[tuple[str, int], list[float]] = {key: [] for key in inputs}
+    for _ in range(rounds):
+        for (prec, n), (a, b) in inputs.items():
+            call = lambda a=a, b=b: torch.mm(a, b)  # noqa: E731
+            seconds[(prec, n)].append(_sustained(call, seconds=0.3 / rounds))
+    return [
+        {"precision": prec, "size": n, "flops_per_s": 2 * n**3 / statistics.median(times)}
+        for (prec, n), times in seconds.items()
+    ]
 
 
 def memory_bandwidth(n_bytes: int = 256 << 20) -> float:
