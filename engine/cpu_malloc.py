@@ -33,16 +33,33 @@ MMAP_THRESHOLD_MAX = 32 * MIB  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: the large
 TRIM_THRESHOLD = 1 << 30  # free heap kept mapped before any is returned
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, where it is glibc (it has mallopt and malloc_trim); else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc's, or AttributeError
+    except (OSError, AttributeError, TypeError):  # no C library found, or not glibc's malloc
+        return None
+    return libc
+
+
 def keep_freed_memory() -> bool:
     """Set the thresholds above; False (and nothing changed) where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or not glibc's malloc
+    libc = _glibc()
+    if libc is None:
         return False
+    mallopt = libc.mallopt
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
     ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
     if not ok:
         log.warning("mallopt refused the heap thresholds; CPU steps fault their buffers in")
     return ok
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS now (glibc's malloc_trim): a resident
+    high-water mark measured from here sees new allocations again, rather than reused pages
+    the thresholds above kept (engine.metrics.memory resets its CPU window with it)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

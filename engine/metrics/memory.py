@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
+from engine.cpu_malloc import release_freed_memory
 from engine.units import KIB
 
 _STATUS = Path("/proc/self/status")
@@ -50,6 +51,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            release_freed_memory()  # pages kept for reuse would hide the window's allocations
             # "5" resets the peak RSS to the current RSS (Documentation/filesystems/proc.rst)
             _CLEAR_REFS.write_text("5")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine.config import ModelConfig, RunConfig
+from engine.cpu_malloc import release_freed_memory
 from engine.mesh import Mesh
 from engine.metrics.memory import status_bytes
 from engine.metrics.memory_model import host_build_bytes, predict
@@ -23,6 +24,7 @@ from tests.helpers import tiny_config
 def _reset_peak() -> int:
     """Reset the process's resident high-water mark; return the resident bytes now."""
     gc.collect()
+    release_freed_memory()  # heap kept by an engine that ran in this process before
     Path("/proc/self/clear_refs").write_text("5")
     return status_bytes("VmRSS")
 

@@ -48,3 +48,29 @@ def test_a_freed_buffer_comes_back_without_faulting_its_pages_in():
     # the second comes from the heap, which grows by new pages
     assert _faults("default") > PAGES // 2
     assert _faults("keep") < PAGES // 16
+
+
+_WINDOW = """
+import torch
+from engine import cpu_malloc
+from engine.metrics.memory import PeakMemory
+from engine.units import MIB
+assert cpu_malloc.keep_freed_memory()
+blocks = [torch.ones(8 * MIB // 4) for _ in range(16)]  # 128 MiB in the heap, then freed
+del blocks
+mem = PeakMemory(torch.device("cpu"))
+mem.reset()
+base = mem.read()["peak_mem_bytes"]
+block = torch.ones(24 * MIB // 4)  # from the kept heap, unless the window handed it back
+print((mem.read()["peak_mem_bytes"] - base) // MIB)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_measurement_window_sees_allocations_that_reuse_kept_memory():
+    # the heap kept for reuse is resident already: a window that started without handing it
+    # back would see a new block's bytes as no growth at all
+    out = subprocess.run(
+        [sys.executable, "-c", _WINDOW], capture_output=True, text=True, check=True
+    )
+    assert 20 <= int(out.stdout.strip()) <= 28
