@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import signal
 import time
 from pathlib import Path
 
@@ -115,6 +116,18 @@ def slurm_cause(log_dir: Path, *, rank_failed: bool) -> Verdict | None:
     return None
 
 
+# how slurmstepd ends a step's processes when the step is cancelled: a rank that died of one
+# of these was ended with the step, it did not fail by itself
+_STEP_KILL_SIGNALS = {-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT}
+
+
+def failed_by_itself(ranks: LaunchResult) -> bool:
+    """Whether a rank failed of its own accord first: a rank whose first failure is a signal
+    the step's end sends (scancel, a failed node) counts only once Slurm names no cause."""
+    first = ranks.first_failed
+    return first is not None and ranks.returncodes[first] not in _STEP_KILL_SIGNALS
+
+
 def _last_error(srun_log: Path) -> str:
     lines = srun_log.read_text(errors="replace").splitlines() if srun_log.exists() else []
     errors = [line.strip() for line in lines if "error" in line.lower()]
@@ -138,9 +151,9 @@ def launch_step(
     step = LaunchResult(codes, timed_out, wall, [srun_log], exit_s=times, pids=[proc.pid])
     ranks = read_records(log_dir, world, start_wall)
     ranks.timed_out, ranks.wall_s = timed_out, wall
-    cause, rank_failed = None, ranks.first_failed is not None
+    cause = None
     if not timed_out:
-        cause = slurm_cause(log_dir, rank_failed=rank_failed)
-        if cause is None and not rank_failed and codes[0] not in (0, None):
+        cause = slurm_cause(log_dir, rank_failed=failed_by_itself(ranks))
+        if cause is None and ranks.first_failed is None and codes[0] not in (0, None):
             cause = Verdict("crash", f"srun exited with code {codes[0]}: {_last_error(srun_log)}")
     return NodesLaunch(ranks, step, cause)

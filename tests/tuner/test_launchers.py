@@ -8,10 +8,11 @@ import sys
 import pytest
 
 from engine.config import ConfigError
+from engine.launch import LaunchResult
 from tests.helpers import cli, tiny_config
 from tuner.config import load
 from tuner.feasibility import Infeasible, runnable
-from tuner.slurm import node_script, srun_command
+from tuner.slurm import failed_by_itself, node_script, slurm_cause, srun_command
 from tuner.torchrun import agent_command, node_argv
 
 
@@ -133,3 +134,32 @@ def test_each_slurm_node_runs_one_agent_that_joins_the_steps_first_node(tmp_path
     argv = srun_command(launcher, script=tmp_path / "node.sh", log_dir=tmp_path)
     assert argv[0] == "srun" and {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1"} <= set(argv)
     assert argv[-3:] == ["--partition=gpu", "bash", str(tmp_path / "node.sh")]  # the user's last
+
+
+def _ranks(codes, times):
+    return LaunchResult(codes, False, 1.0, [], exit_s=times)
+
+
+@pytest.mark.parametrize(
+    ("codes", "times", "reason"),
+    [
+        # scancel: slurmstepd's SIGTERM reached a rank before its wrapper noticed the agent's end
+        ([None, -15], [None, 2.0], "crash"),
+        ([-9, -15], [2.1, 2.0], "crash"),
+        ([None, None], [None, None], "crash"),
+        # a rank that failed by itself is the cause; the step's cancellation followed from it
+        ([1, -15], [1.0, 2.0], None),
+    ],
+)
+def test_a_cancelled_step_is_slurms_doing_unless_a_rank_failed_by_itself_first(
+    tmp_path, codes, times, reason
+):
+    (tmp_path / "agent0.log").write_text(
+        "step output\nslurmstepd: error: *** STEP 7.0 ON n1 CANCELLED AT 2026-11-29T19:03:11 ***\n"
+    )
+    ranks = _ranks(codes, times)
+    cause = slurm_cause(tmp_path, rank_failed=failed_by_itself(ranks))
+    if reason is None:
+        assert cause is None
+    else:
+        assert cause.reason == reason and "Slurm:" in cause.detail and "CANCELLED" in cause.detail
