@@ -23,6 +23,11 @@ Run it alone: anything else running on the machine distorts the timings it fits 
 (DIR/reports/cal-ws2 and test-ws4) without launching anything: no measurement, no sweep, no
 confirmation. ``--part-weight W`` sets how much each measured part of the step weighs in the
 fit (0: the step times alone).
+
+``--compare-with DIR2`` sets the model's error beside the measurements' own: the layouts both
+runs' sweeps measured, the second run's step time against the first's (mean and worst
+relative difference). No model predicts one run of this machine closer than another run of
+the same layouts measures it; that difference is the floor under the held-out MAPE.
 """
 
 from __future__ import annotations
@@ -180,6 +185,28 @@ def _figures(rows: list[dict]) -> dict:
     }
 
 
+def run_to_run(first: Path, second: Path) -> dict[str, dict]:
+    """Per sweep, how far ``second``'s measurement of each layout is from ``first``'s (the
+    layouts both measured, by their searched parameters)."""
+    out = {}
+    for name in ("cal-ws2", "test-ws4"):
+        runs = [
+            {json.dumps(r["params"], sort_keys=True): r["step_time_s"] for r in _trials(name, w)}
+            for w in (first, second)
+        ]
+        common = sorted(set(runs[0]) & set(runs[1]))
+        diff = [runs[1][k] / runs[0][k] - 1 for k in common]
+        out[name] = {
+            "layouts": len(common),
+            "mean_abs": float(np.mean(np.abs(diff))) if diff else None,
+            "max_abs": float(np.max(np.abs(diff))) if diff else None,
+            "median_ratio": float(np.median(np.add(diff, 1))) if diff else None,
+            # the rank agreement of two measurements: the ceiling of the model's Spearman
+            "spearman": _spearman(*([r[k] for k in common] for r in runs)) if diff else None,
+        }
+    return out
+
+
 def _band_cell(band: dict | None) -> str:
     return f"{100 * band['mape']:.0f}% / {100 * band['max']:.0f}% ({band['n']})" if band else "-"
 
@@ -194,7 +221,10 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="re-fit the sweeps in --workdir")
     ap.add_argument("--part-weight", type=float, default=PART_WEIGHT)
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the report goes")
+    ap.add_argument("--compare-with", type=Path, help="another run's --workdir: run-to-run noise")
     args, model = ap.parse_known_args()
+    if args.compare_with is not None:
+        args.compare_with = args.compare_with.resolve()
     if args.reuse:
         missing = [n for n in ("cal-ws2", "test-ws4") if not _reports(args.workdir, n).is_dir()]
         if missing:
@@ -202,6 +232,7 @@ def main() -> None:
         args.confirm_pairs = 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="planner-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()  # the sweeps' storages are found from their own directory
     started = time.time()
     if not args.reuse:
         _tuner("calibrate", "calibrate.world_sizes=[2,4]", cwd=work)
@@ -233,6 +264,8 @@ def main() -> None:
         }
     mem = [abs(x["mem_prediction_error"]) for x in rows if x["mem_prediction_error"] is not None]
     reuse = f"--reuse --workdir {args.workdir} " if args.reuse else ""
+    if args.compare_with is not None:
+        reuse += f"--compare-with {args.compare_with} "
     summary = {
         "command": f"python bench/planner_accuracy.py {reuse}"
         f"--cal-trials {args.cal_trials} --test-trials {args.test_trials} --seed {args.seed} "
@@ -258,6 +291,7 @@ def main() -> None:
         "memory_max_error": float(np.max(mem)) if mem else None,
         "coefficients": fitted.coeffs.values,
         "in_sample": in_sample,
+        "run_to_run": args.compare_with and run_to_run(args.compare_with, work),
         "held_out_by_kind": _figures(rows)["by_kind"],
         "wall_s": time.time() - started,
     }
@@ -308,6 +342,21 @@ def main() -> None:
         f"\nIn sample: spearman {in_sample['spearman']:.3f}, predicted best "
         f"{in_sample['predicted_best_vs_measured_best']:.3f} of the measured best."
     )
+    if summary["run_to_run"]:
+        lines += [
+            "",
+            f"The same layouts as the run in {args.compare_with} measured them (this run's step"
+            " time against that run's): the noise floor under the errors above.",
+            "",
+            "| sweep | layouts | mean abs. difference | worst | median ratio | spearman |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, d in summary["run_to_run"].items():
+            if d["layouts"]:
+                lines.append(
+                    f"| {name} | {d['layouts']} | {100 * d['mean_abs']:.1f}% | "
+                    f"{100 * d['max_abs']:.1f}% | {d['median_ratio']:.3f} | {d['spearman']:.3f} |"
+                )
     lines += ["", "| layout (held out) | measured s | predicted s | error |", "|---|---|---|---|"]
     for x, e in zip(rows, errors, strict=True):
         lines.append(
