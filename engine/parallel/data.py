@@ -128,6 +128,10 @@ def apply_data_parallel(
         device_ids=[device.index] if device.type == "cuda" else None,
         process_group=mesh.group("dp"),
         bucket_cap_mb=parallel.ddp_bucket_mb,
+        # the gradients are views into the flat buckets the all-reduce runs on: no copy of
+        # every gradient back out of them after it, and no second gradient-sized buffer.
+        # static_graph stays off: it breaks no_sync's gradient accumulation
+        gradient_as_bucket_view=True,
     )
     if reduce_dtype == "bf16":
         ddp.register_comm_hook(mesh.group("dp"), _bf16_allreduce_hook)
