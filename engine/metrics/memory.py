@@ -7,8 +7,9 @@ inherits its parent's value.
 VmHWM also counts the runtime (libraries, interpreter) and pages freed but not returned, so on
 CPU a second figure counts tensors only, to compare with the analytic prediction:
 ``tensor_peak_bytes`` = the storages alive at the start of the profiled steps (every tensor
-reachable from Python, plus DDP's gradient buckets, which live in C++) + the highest running
-sum of the allocations and frees that the profiler's memory events record during those steps.
+reachable from Python, plus DDP's gradient buckets, which live in C++, each counted once) + the
+highest running sum of the allocations and frees that the profiler's memory events record during
+those steps.
 Both are made independent of timing: garbage is collected before the live storages are counted,
 and the frees the profiler misses on gloo's worker threads are put back (``window_peak_bytes``).
 """
@@ -72,8 +73,10 @@ class PeakMemory:
 
 def live_tensor_bytes(modules: Iterable[nn.Module]) -> int:
     """Bytes of every distinct CPU storage reachable from Python objects (parameters, buffers,
-    optimizer state, ...), plus the gradient buckets of DDP modules among ``modules``."""
+    optimizer state, ...), plus the gradient buckets of DDP modules among ``modules`` that are
+    not among them."""
     seen: dict[int, int] = {}
+    flat_views: dict[int, int] = {}  # storages seen through views of a whole flat tensor
     # tensors in unreachable reference cycles are still listed until the collector runs, and
     # when it runs is up to the allocation counts: collect first, so that only live ones count
     gc.collect()
@@ -88,9 +91,17 @@ def live_tensor_bytes(modules: Iterable[nn.Module]) -> int:
                 continue
             storage = local.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
+            if _views_flat_storage(local):
+                flat_views[storage.data_ptr()] = storage.nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without a storage
             continue
-    return sum(seen.values()) + sum(_ddp_bucket_bytes(m) for m in modules)
+    buckets = sum(_ddp_bucket_bytes(m) for m in modules)
+    # with gradient_as_bucket_view (engine.parallel.data) a gradient handed to Python is a view
+    # into its bucket, and its Python object lives on, listed among the tensors above, for as
+    # long as the reducer keeps the view (after zero_grad too): such buckets were counted there
+    if any(getattr(m, "gradient_as_bucket_view", False) for m in modules):
+        buckets = max(buckets - sum(flat_views.values()), 0)
+    return sum(seen.values()) + buckets
 
 
 def _is_tensor(obj: object) -> bool:
@@ -98,6 +109,14 @@ def _is_tensor(obj: object) -> bool:
         return isinstance(obj, torch.Tensor)
     except ReferenceError:  # a weak proxy (torch.compile keeps some) whose object is gone
         return False
+
+
+def _views_flat_storage(tensor: torch.Tensor) -> bool:
+    """A view of a one-dimensional tensor spanning its whole storage (as DDP's bucket views)."""
+    if not tensor._is_view() or tensor._base is None:
+        return False
+    base = tensor._base
+    return base.dim() == 1 and base.numel() * base.element_size() == base.untyped_storage().nbytes()
 
 
 def _ddp_bucket_bytes(module: nn.Module) -> int:

@@ -36,7 +36,9 @@ The moments that compete for the peak: each backward's start at the loss head (a
 loss head, gradients so far), the same moment after the loss head when a ZeRO-3 block gathers
 its parameters, with checkpointing each layer's recomputation (and at the last one every later
 layer's gradients), and the optimizer step (all gradients; the fused AdamW adds none). The largest
-is the prediction; its parts are the breakdown.
+is the prediction; its parts are the breakdown. DDP holds its flat gradient buckets throughout;
+the gradients are views into them, each copied in as it is computed, so only the earlier
+micro-batches' gradients, which accumulate outside them, come on top.
 
 Building the model is a third, host-side moment (``host_build``, reported beside the parts and
 not in ``total``): each rank builds its part on the meta device and initialises it one full
@@ -141,6 +143,7 @@ def _backward_peak(
     gather: int,
     reduced_bytes: Callable[[int], int],
     released: Callable[[int], int],
+    into_buckets: bool,
 ) -> MemoryPrediction:
     """The largest backward moment: ``base`` (parameters, buffers, optimizer state) plus the
     gradients and activations alive then. ``stages``: (layers, parameters, is the first) of
@@ -148,7 +151,8 @@ def _backward_peak(
     buffers of a parameter all-gather in flight as a block's backward starts (ZeRO-3).
     ``reduced_bytes(n)``, ``released(n)``: the gradient bytes that remain, and the parameter
     bytes that are freed, once the gradients of a finished stage's ``n`` parameters are
-    reduced."""
+    reduced. ``into_buckets``: each gradient is copied into a bucket ``base`` holds as it is
+    computed (DDP), and its own tensor freed."""
     p, t, m = cfg.parallel, cfg.train, cfg.model
     n_micro = t.global_batch // (p.dp * t.micro_batch)
     tokens = t.micro_batch * m.seq_len
@@ -237,7 +241,7 @@ def _backward_peak(
         # the last one, the gradients of the stage's later layers exist too (unless the weight
         # pass computes them later)
         late_grads, work = last_recompute(cfg, tokens=tokens, layers=layers, last=last)
-        if split:
+        if split or into_buckets:
             late_grads = 0
         ends = [(pa, g, a + work) for pa, g, a in cores]
         pa, g, a = ends[-1]
@@ -275,7 +279,10 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
     # model states (ZeRO paper): fp32 master weights, gradients, Adam moments
     master = FP32 * psi // (dp if zero >= 2 else 1)
     grads_full = FP32 * psi // (dp if zero >= 2 else 1)
-    buckets = FP32 * psi if ddp else 0  # DDP's flat gradient buckets, allocated once
+    # DDP's flat gradient buckets, allocated once. The reduced gradients are views into them
+    # (gradient_as_bucket_view, engine/parallel/data.py); the earlier micro-batches' gradients
+    # are not (no_sync leaves them where autograd put them, until the last backward copies them in)
+    buckets = FP32 * psi if ddp else 0
     moments = 2 * FP32 * psi // (dp if zero >= 1 else 1)
     # parameters in the compute dtype while forward/backward run: FSDP's gathered copies
     # (kept forward to backward under zero 2, one block plus the prefetched next under zero 3),
@@ -352,11 +359,13 @@ def predict(cfg: RunConfig, rank: int, device: str) -> MemoryPrediction:
         gather=gather,
         reduced_bytes=reduced_bytes,
         released=released,
+        into_buckets=ddp,
     )
-    # the optimizer step: every gradient; the fused AdamW (engine.parallel.data) updates in
-    # place, and the gradient norm before it reduces without a gradient-sized copy
+    # the optimizer step: every gradient (under DDP, its buckets); the fused AdamW
+    # (engine.parallel.data) updates in place, and the gradient norm before it reduces without a
+    # gradient-sized copy
     step = MemoryPrediction(
-        params=master, grads=buckets + grads_full, optimizer=moments, activations=buffers
+        params=master, grads=buckets or grads_full, optimizer=moments, activations=buffers
     )
     peaks = [backward, step]
     if zero >= 2 and unit == psi:

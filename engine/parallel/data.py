@@ -1,7 +1,7 @@
 """Data parallelism and ZeRO over the data-parallel mesh dimension.
 
 - zero 0: DDP (composable ``replicate`` when tp or pp > 1); every rank holds everything and
-  gradients are all-reduced.
+  gradients are all-reduced (DDP's in the flat buckets they are views of).
 - zero 1: DDP + ZeroRedundancyOptimizer: each rank keeps the optimizer state of 1/dp of the
   parameters and broadcasts its updated share (the ZeRO paper's stage 1, P_os).
 - zero 2: FSDP2 with reshard_after_forward=False: parameters, gradients and optimizer state
@@ -128,6 +128,11 @@ def apply_data_parallel(
         device_ids=[device.index] if device.type == "cuda" else None,
         process_group=mesh.group("dp"),
         bucket_cap_mb=parallel.ddp_bucket_mb,
+        # the gradients are views into the flat buckets the all-reduce runs on: no copy of
+        # every gradient back out of them after it, and no second gradient-sized buffer.
+        # static_graph stays off: with no_sync (gradient accumulation) the reducer fails an
+        # internal assertion on the first backward (torch 2.13)
+        gradient_as_bucket_view=True,
     )
     if reduce_dtype == "bf16":
         ddp.register_comm_hook(mesh.group("dp"), _bf16_allreduce_hook)

@@ -4,9 +4,12 @@ import threading
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import ProfilerActivity, profile
 
-from engine.metrics.memory import PeakMemory, window_peak_bytes
+from engine.metrics.memory import PeakMemory, live_tensor_bytes, window_peak_bytes
 from engine.units import MIB
 
 
@@ -52,3 +55,30 @@ def test_window_peak_puts_back_a_free_made_on_an_unprofiled_thread():
     assert sum(x for x in recorded if x > 0) == 2 * 4 * n  # both allocations were recorded
     assert sum(x for x in recorded if x < 0) == -4 * n  # and only one free
     assert window_peak_bytes(prof) == 4 * n
+
+
+@pytest.fixture
+def group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bucket_view", [False, True], ids=["copied", "bucket-view"])
+def test_ddp_buckets_count_once(group, bucket_view):
+    """DDP's gradient buckets live in C++ and are added to the reachable tensors; with
+    gradient_as_bucket_view the gradients handed to Python are views into them, whose Python
+    objects outlive zero_grad: the buckets must not count twice, before or after DDP rebuilds
+    them (second step) into buckets of other sizes."""
+    before = live_tensor_bytes([])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    ddp = DistributedDataParallel(model, gradient_as_bucket_view=bucket_view, bucket_cap_mb=0.25)
+    x = torch.ones(4, 256)
+    for _ in range(3):
+        ddp(x).sum().backward()
+        assert all(p.grad is not None for p in model.parameters())  # handed to Python
+        model.zero_grad(set_to_none=True)
+        # the parameters and their buckets; the input is the only other tensor
+        assert live_tensor_bytes([ddp]) - before == 2 * params + x.nbytes

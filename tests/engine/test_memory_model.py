@@ -25,6 +25,22 @@ def test_model_states_follow_the_zero_paper() -> None:
     assert at(0).grads == 4 * PSI  # DDP's flat buckets exist from the start
 
 
+def test_ddp_gradients_are_views_into_its_buckets() -> None:
+    """DDP's gradients live in its buckets: the optimizer step holds 4Ψ of gradients, not the
+    buckets and the gradients; the earlier micro-batches' gradients, accumulated outside them
+    (no_sync), come on top."""
+
+    def grads(**train):
+        # one sample per rank: the activations are too small to set the peak
+        cfg = tiny_config(parallel={"dp": 2}, train={"micro_batch": 1, **train})
+        return predict(cfg, 0, "cpu").grads
+
+    assert grads(global_batch=2) == 4 * PSI
+    assert grads(global_batch=4) == 2 * 4 * PSI
+    checkpointed = {"global_batch": 2, "activation_checkpointing": "full"}
+    assert grads(**checkpointed) == 4 * PSI  # the later layers' gradients are in the buckets too
+
+
 def test_one_fsdp_unit_holds_every_unsharded_gradient_until_backward_ends() -> None:
     def at(zero: int, unit_layers: int):
         parallel = {"dp": 2, "zero": zero, "fsdp_unit_layers": unit_layers}
