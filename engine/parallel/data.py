@@ -12,7 +12,9 @@
 How zero 2 differs from the ZeRO paper's stage 2 (P_os+g): FSDP2 also shards the parameters at
 rest, between steps; what makes it stage-2-like is that the unsharded parameters live from
 forward to backward, so each step gathers them once, not twice, and gradients are
-reduce-scattered into shards. Its memory lies between the paper's stages 2 and 3.
+reduce-scattered into shards. Its memory lies between the paper's stages 2 and 3. On gloo
+that reduction is one all-reduce of FSDP2's flat buffer (engine.parallel.gloo_reduce), about
+twice as fast as gloo's reduce-scatter of it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine.config import ParallelConfig
 from engine.mesh import Mesh
+from engine.parallel.gloo_reduce import reduce_by_all_reduce
 from engine.parallel.tensor import is_dtensor
 from engine.precision import DTYPES
 
@@ -55,8 +58,9 @@ def _fsdp(
     policy: MixedPrecisionPolicy,
     units: list[nn.Module] | None,
     unit_layers: int = 1,
+    gloo: bool = False,
 ) -> nn.Module:
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     kw = {"mesh": mesh.sub("dp"), "reshard_after_forward": zero == 3, "mp_policy": policy}
     if units is None:  # the GPT's blocks
@@ -65,6 +69,10 @@ def _fsdp(
     for group in groups:  # one all-gather / reduce-scatter unit per group of blocks
         fully_shard(group if len(group) > 1 else group[0], **kw)
     fully_shard(module, **kw)  # the rest: embeddings, final norm and head (or everything)
+    if gloo:
+        for part in module.modules():
+            if isinstance(part, FSDPModule):
+                reduce_by_all_reduce(part)
     if zero == 2:
         _prefetch_forward(module, [group[0] for group in groups])
     return module
@@ -113,6 +121,7 @@ def apply_data_parallel(
             policy=policy,
             units=units,
             unit_layers=parallel.fsdp_unit_layers,
+            gloo=device.type == "cpu",
         )
     if mesh.tp > 1 or mesh.pp > 1:
         # DDP can neither hold DTensor (tensor-parallel) parameters nor take one backward per
