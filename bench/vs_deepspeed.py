@@ -232,10 +232,10 @@ def table(per_launch: dict[Arm, list[float]], tokens: int, command: str, *, quic
         for z in range(4):
             ours, theirs = Arm("paratune", z, prec), Arm("deepspeed", z, prec)
             if ours in med and theirs in med:
-                lines.append(f"| {prec} | ZeRO-{z} | {med[ours] / med[theirs]:.2f}x |")
+                lines.append(f"| {prec} | ZeRO-{z} | {med[ours] / med[theirs]:.3f}x |")
     ddp, ours = Arm("ddp", 0, "fp32"), Arm("paratune", 0, "fp32")
     if ddp in med and ours in med:
-        lines.append(f"| fp32 | ZeRO-0 vs bare DDP + AdamW | {med[ours] / med[ddp]:.2f}x |")
+        lines.append(f"| fp32 | ZeRO-0 vs bare DDP + AdamW | {med[ours] / med[ddp]:.3f}x |")
     if quick:
         lines += ["", "--quick: a check that every arm runs; these timings mean nothing."]
     return "\n".join(lines) + "\n"
