@@ -46,6 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.planner_accuracy_md import render  # noqa: E402
 from engine.config import RunConfig  # noqa: E402
 from tuner.perf import local  # noqa: E402
 from tuner.perf.errors import ErrorBands, layout_kind  # noqa: E402
@@ -207,10 +208,6 @@ def run_to_run(first: Path, second: Path) -> dict[str, dict]:
     return out
 
 
-def _band_cell(band: dict | None) -> str:
-    return f"{100 * band['mape']:.0f}% / {100 * band['max']:.0f}% ({band['n']})" if band else "-"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cal-trials", type=int, default=24)
@@ -305,66 +302,9 @@ def main() -> None:
         "bands": {"gloo": {"by_kind": bands.by_kind, "source": bands.source}},
     }
     (args.results / "planner_accuracy.json").write_text(json.dumps(out, indent=1))
-    lines = [
-        "# Planner accuracy on this machine",
-        "",
-        f"`{summary['command']}` ({summary['wall_s'] / 60:.0f} min)",
-        "",
-        "| figure | value |",
-        "|---|---|",
-    ]
-    for k in (
-        "calibration_trials",
-        "held_out_trials",
-        "spearman",
-        "step_time_mape",
-        "step_time_max_error",
-        "top1_hit",
-        "predicted_best_vs_measured_best",
-        "predicted_best_vs_measured_best_confirmed",
-        "predicted_best",
-        "measured_best",
-        "memory_mape",
-        "memory_max_error",
-    ):
-        v = summary[k]
-        lines.append(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    lines += [
-        "",
-        "| kind | in-sample MAPE / worst (n) | held-out MAPE / worst (n) |",
-        "|---|---|---|",
-    ]
-    held = summary["held_out_by_kind"]
-    for kind in dict.fromkeys([*held, *in_sample["by_kind"]]):
-        cells = [_band_cell(by.get(kind)) for by in (in_sample["by_kind"], held)]
-        lines.append(f"| {kind} | {cells[0]} | {cells[1]} |")
-    lines.append(
-        f"\nIn sample: spearman {in_sample['spearman']:.3f}, predicted best "
-        f"{in_sample['predicted_best_vs_measured_best']:.3f} of the measured best."
-    )
-    if summary["run_to_run"]:
-        lines += [
-            "",
-            f"The same layouts as the run in {args.compare_with} measured them (this run's step"
-            " time against that run's): the noise floor under the errors above.",
-            "",
-            "| sweep | layouts | mean abs. difference | worst | median ratio | spearman |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, d in summary["run_to_run"].items():
-            if d["layouts"]:
-                lines.append(
-                    f"| {name} | {d['layouts']} | {100 * d['mean_abs']:.1f}% | "
-                    f"{100 * d['max_abs']:.1f}% | {d['median_ratio']:.3f} | {d['spearman']:.3f} |"
-                )
-    lines += ["", "| layout (held out) | measured s | predicted s | error |", "|---|---|---|---|"]
-    for x, e in zip(rows, errors, strict=True):
-        lines.append(
-            f"| {x['layout']} | {x['measured_step_s']:.4f} | {x['predicted_step_s']:.4f} | "
-            f"{100 * e:+.0f}% |"
-        )
-    (args.results / "planner_accuracy.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = render(summary, rows, errors, args.compare_with)
+    (args.results / "planner_accuracy.md").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":
